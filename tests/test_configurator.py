@@ -1,0 +1,74 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from configurator import ConfigError, apply
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def defaults():
+    return {'batch_size': 12, 'learning_rate': 6e-4, 'compile': True, 'dataset': 'shakespeare_char',
+            'n_kv_head': None, 'betas': (0.9, 0.95)}
+
+
+def test_overrides_are_typed():
+    cfg = apply(defaults(), ['--batch_size=32', '--learning_rate=1', '--compile=false', '--dataset=tinystories',
+                             '--n_kv_head=4', '--betas=(0.8, 0.9)'], types={'n_kv_head': int})
+    assert cfg == {'batch_size': 32, 'learning_rate': 1.0, 'compile': False, 'dataset': 'tinystories',
+                   'n_kv_head': 4, 'betas': (0.8, 0.9)}
+    assert isinstance(cfg['learning_rate'], float)
+    assert apply(defaults(), ['--compile=True'])['compile'] is True
+    assert apply(defaults(), ['--n_kv_head=None'], types={'n_kv_head': int})['n_kv_head'] is None
+
+
+@pytest.mark.parametrize('arg,match', [
+    ('--batch_sise=3', "did you mean 'batch_size'"),
+    ('--batch_size=3.5', 'expected int'),
+    ('--batch_size=abc', 'expected int'),
+    ('--compile=yes', 'expected True or False'),
+    ('--learning_rate=fast', 'expected float'),
+    ('--batch_size', 'expected --key=value'),
+    ('--batch_size=True', 'expected int'),
+    ('--n_kv_head=two', 'expected int'),
+    ('no_such_file.py', 'config file not found: no_such_file.py'),
+])
+def test_bad_overrides(arg, match):
+    with pytest.raises(ConfigError, match=match):
+        apply(defaults(), [arg], types={'n_kv_head': int})
+
+
+def test_config_file_then_override_in_order(tmp_path):
+    f = tmp_path / 'c.py'
+    f.write_text('import math\nbatch_size = 64\nlearning_rate = 3e-4 * math.sqrt(4)\n_helper = 1\n')
+    cfg = apply(defaults(), [str(f), '--batch_size=8'])
+    assert cfg['batch_size'] == 8 and cfg['learning_rate'] == pytest.approx(6e-4)
+    assert '_helper' not in cfg and 'math' not in cfg
+
+
+def test_config_file_may_not_introduce_names(tmp_path):
+    f = tmp_path / 'c.py'
+    f.write_text('batch_sizes = 64\n')
+    with pytest.raises(ConfigError, match="unknown config key 'batch_sizes'; did you mean 'batch_size'"):
+        apply(defaults(), [str(f)])
+
+
+def test_errors_exit_2_with_one_line(tmp_path):
+    script = tmp_path / 'script.py'
+    script.write_text(textwrap.dedent(f'''
+        import sys; sys.path.insert(0, {ROOT!r})
+        from configurator import configure
+        batch_size = 12
+        configure(globals())
+        print('batch_size', batch_size)
+    '''))
+    ok = subprocess.run([sys.executable, str(script), '--batch_size=5'], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.strip() == 'batch_size 5'
+    for argv in (['--nope=1'], ['missing.py'], ['--batch_size=x']):
+        bad = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True)
+        assert bad.returncode == 2
+        lines = bad.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('error: ') and 'Traceback' not in bad.stderr
