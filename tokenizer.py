@@ -1,0 +1,65 @@
+"""
+The one place tokenizers are rebuilt from a dataset's meta.json (training, sampling, evaluation).
+
+meta.json["tokenizer"] is one of
+  {"type": "char", "chars": "..."}                       token i is chars[i]
+  {"type": "tiktoken", "name": "gpt2"}                   OpenAI BPE (set TIKTOKEN_CACHE_DIR offline)
+  {"type": "sentencepiece", "model": "tokenizer.model"}  model file next to meta.json
+"""
+import json
+import os
+
+
+class Tokenizer:
+    def __init__(self, spec, data_dir='.'):
+        self.spec = spec
+        kind = spec['type']
+        if kind == 'char':
+            self.chars = spec['chars']
+            self.index = {ch: i for i, ch in enumerate(self.chars)}
+            self.vocab_size = len(self.chars)
+            self.eot = None
+        elif kind == 'tiktoken':
+            import tiktoken
+            self.enc = tiktoken.get_encoding(spec['name'])
+            self.vocab_size = self.enc.n_vocab
+            self.eot = self.enc.eot_token
+        elif kind == 'sentencepiece':
+            import sentencepiece as spm
+            path = os.path.join(data_dir, spec['model'])
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"SentencePiece model not found: {path}")
+            self.sp = spm.SentencePieceProcessor(model_file=path)
+            self.vocab_size = self.sp.get_piece_size()
+            self.eot = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
+        else:
+            raise ValueError(f"tokenizer type {kind!r} is invalid; allowed: char, tiktoken, sentencepiece")
+        self.kind = kind
+
+    def encode(self, text):
+        if self.kind == 'char':
+            unknown = set(text) - self.index.keys()
+            if unknown:
+                raise ValueError(f"characters not in the vocabulary: {''.join(sorted(unknown))!r}")
+            return [self.index[ch] for ch in text]
+        if self.kind == 'tiktoken':
+            return self.enc.encode_ordinary(text)
+        return self.sp.encode(text)
+
+    def decode(self, ids):
+        ids = [int(i) for i in ids]
+        if self.kind == 'char':
+            return ''.join(self.chars[i] if i < len(self.chars) else '' for i in ids)
+        if self.kind == 'tiktoken':
+            return self.enc.decode([i for i in ids if i < self.vocab_size])
+        return self.sp.decode([i for i in ids if i < self.vocab_size])
+
+
+def read_meta(data_dir):
+    with open(os.path.join(data_dir, 'meta.json')) as f:
+        return json.load(f)
+
+
+def load_tokenizer(data_dir, meta=None):
+    meta = meta or read_meta(data_dir)
+    return Tokenizer(meta['tokenizer'], data_dir)
