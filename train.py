@@ -13,7 +13,6 @@ import json
 import math
 import os
 import platform
-import re
 import signal
 import sys
 import time
@@ -23,6 +22,7 @@ from dataclasses import asdict, fields
 import numpy as np
 import torch
 
+import checkpoint as ckpt_files
 from configurator import configure
 from model import GPT, GPTConfig
 from tokenizer import read_meta
@@ -85,26 +85,6 @@ def die(message):
     sys.exit(2)
 
 
-def atomic_write(path, write):
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def checkpoints_in(directory):
-    """ckpt_<iter>.pt files, newest first."""
-    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(directory, 'ckpt_*.pt'))
-             if (m := re.fullmatch(r'ckpt_(\d+)\.pt', os.path.basename(p)))]
-    return [p for _, p in sorted(found, reverse=True)]
-
-
-def load_checkpoint(path):
-    return torch.load(path, map_location='cpu', weights_only=True)
-
-
 # ---- checks that need no model: resume source, out_dir, data ----
 if lr_schedule not in ('cosine', 'linear', 'wsd'):
     die(f"lr_schedule={lr_schedule!r} is invalid; allowed: cosine, linear, wsd")
@@ -117,25 +97,20 @@ if init_from == 'resume' or eval_only:
             die(f"resume_from={resume_from!r}: no such file")
         candidates = [resume_from]
     else:
-        candidates = checkpoints_in(out_dir)
+        candidates = ckpt_files.list_checkpoints(out_dir)
         if eval_only and not candidates and os.path.isfile(os.path.join(out_dir, 'best.pt')):
             candidates = [os.path.join(out_dir, 'best.pt')]
         if not candidates:
             die(f"no checkpoint to resume in {out_dir!r} (looked for ckpt_<iter>.pt)")
-    for path in candidates:
-        try:
-            checkpoint = load_checkpoint(path)
-            break
-        except Exception as e:  # a truncated or corrupt file: fall back to the previous one
-            print(f"warning: skipping unreadable checkpoint {path} ({type(e).__name__})", file=sys.stderr)
+    checkpoint, path = ckpt_files.load_newest(candidates)
     if checkpoint is None:
         die(f"no loadable checkpoint among {', '.join(candidates)}")
     print(f"resuming from {path} (iteration {checkpoint['iter_num']})")
 stale_files = []  # a fresh run's leftovers, removed only once every check has passed
-if checkpoint is None and (checkpoints_in(out_dir) or os.path.exists(os.path.join(out_dir, 'best.pt'))):
+if checkpoint is None and (ckpt_files.list_checkpoints(out_dir) or os.path.exists(os.path.join(out_dir, 'best.pt'))):
     if not overwrite:
         die(f"{out_dir!r} already holds checkpoints; use --init_from=resume to continue or --overwrite=True to start over")
-    stale_files = checkpoints_in(out_dir) + glob.glob(os.path.join(out_dir, 'best.pt')) + \
+    stale_files = ckpt_files.list_checkpoints(out_dir) + glob.glob(os.path.join(out_dir, 'best.pt')) + \
         glob.glob(os.path.join(out_dir, 'metrics.csv'))
 
 data_dir = data_dir or os.path.join(ROOT, 'data', dataset)
@@ -302,7 +277,7 @@ run_log = {
 
 
 def write_run_log():
-    atomic_write(log_path, lambda f: f.write(json.dumps(run_log, indent=1).encode()))
+    ckpt_files.atomic_write(log_path, lambda f: f.write(json.dumps(run_log, indent=1).encode()))
 
 
 CSV_FIELDS = ['iter', 'loss', 'aux_loss', 'lr', 'grad_norm', 'time_ms', 'tokens_per_sec', 'tokens_seen']
@@ -331,8 +306,8 @@ def save_checkpoint(reason):
     if scaler.is_enabled():
         ckpt['scaler'] = scaler.state_dict()
     path = os.path.join(out_dir, f'ckpt_{iter_num}.pt')
-    atomic_write(path, lambda f: torch.save(ckpt, f))
-    for old in checkpoints_in(out_dir)[keep_last_n:]:
+    ckpt_files.save(ckpt, path)
+    for old in ckpt_files.list_checkpoints(out_dir)[keep_last_n:]:
         os.remove(old)
     run_log['checkpoints'].append({'iter': iter_num, 'path': path, 'reason': reason})
     last_saved = iter_num
@@ -414,7 +389,7 @@ while True:
         if iter_num > start_iter:
             ckpt = save_checkpoint(stop or 'eval')
             if improved:
-                atomic_write(os.path.join(out_dir, 'best.pt'), lambda f: torch.save(ckpt, f))
+                ckpt_files.save(ckpt, os.path.join(out_dir, 'best.pt'))
         write_run_log()
         if target_val_loss is not None and losses['val'] <= target_val_loss and stop is None:
             stop = 'target_val_loss'

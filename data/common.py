@@ -123,6 +123,9 @@ def train_sentencepiece(text, out_dir, vocab_size, name='tokenizer'):
     os.makedirs(out_dir, exist_ok=True)
     prefix = os.path.join(out_dir, name)
     # sentencepiece reads its training text line by line; lines are only samples for learning merges
+    if vocab_size < 260 + len(set(text)):
+        die(f"--vocab_size={vocab_size} is too small: SentencePiece with byte fallback needs 256 byte pieces "
+            f"+ {len(set(text))} characters + 3 specials, at least {259 + len(set(text))}")
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(text.splitlines(keepends=True)), model_prefix=prefix, model_type='bpe',
         vocab_size=vocab_size, normalization_rule_name='identity', remove_extra_whitespaces=False,

@@ -3,3 +3,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+# offline GPT-2 BPE: use the shared tiktoken cache when it sits beside the checkout
+_cache = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'tiktoken_cache')
+if os.path.isdir(_cache):
+    os.environ.setdefault('TIKTOKEN_CACHE_DIR', _cache)

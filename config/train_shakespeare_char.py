@@ -1,0 +1,20 @@
+# nanoGPT's baby GPT on character-level Shakespeare (a GPU recipe; val loss ~1.47).
+out_dir = 'out-shakespeare-char'
+dataset = 'shakespeare_char'
+arch_preset = 'gpt2'
+n_layer = 6
+n_head = 6
+n_embd = 384
+block_size = 256
+dropout = 0.2
+batch_size = 64
+gradient_accumulation_steps = 1
+learning_rate = 1e-3
+max_iters = 5000
+lr_decay_iters = 5000
+min_lr = 1e-4
+beta2 = 0.99
+warmup_iters = 100
+eval_interval = 250
+eval_iters = 200
+log_interval = 10

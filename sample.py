@@ -1,0 +1,69 @@
+"""
+Sample from a trained model.
+
+    python sample.py --out_dir=out-shakespeare-char-cpu --start="ROMEO:" --num_samples=3
+    python sample.py --ckpt=out/best.pt --start=FILE:prompt.txt --temperature=0.8 --top_p=0.95
+"""
+import os
+import sys
+
+import torch
+
+import checkpoint as ckpt_files
+from configurator import configure
+from model import GPT, GPTConfig
+from tokenizer import Tokenizer
+
+out_dir = 'out'  # the newest ckpt_<iter>.pt here is used unless ckpt is given
+ckpt = ''  # a checkpoint file
+data_dir = ''  # where the tokenizer's files live (default: the dataset folder the checkpoint was trained on)
+start = '\n'  # prompt text, or FILE:path to read it from a file
+num_samples = 3
+max_new_tokens = 500
+temperature = 0.8  # 0 = greedy
+top_k = None
+top_p = None
+seed = 1337
+device = 'auto'
+dtype = 'float32'
+configure(globals(), types={'top_k': int, 'top_p': float})
+
+
+def die(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if ckpt and not os.path.isfile(ckpt):
+    die(f"checkpoint {ckpt!r} not found")
+checkpoint, ckpt = ckpt_files.load_newest([ckpt] if ckpt else ckpt_files.list_checkpoints(out_dir))
+if checkpoint is None:
+    die(f"no loadable checkpoint {'in ' + repr(out_dir) if not ckpt else ''}")
+if device == 'auto':
+    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+model = GPT(GPTConfig(**checkpoint['model_args']))
+model.load_state_dict(checkpoint['model'])
+model.eval().to(device=device, dtype=getattr(torch, dtype))
+
+try:
+    tokenizer = Tokenizer(checkpoint['meta']['tokenizer'], data_dir or checkpoint['config']['data_dir'])
+except (FileNotFoundError, ImportError, ValueError) as e:
+    die(f"cannot rebuild the tokenizer: {e}")
+if start.startswith('FILE:'):
+    try:
+        with open(start[5:], encoding='utf-8') as f:
+            start = f.read()
+    except OSError as e:
+        die(f"cannot read the prompt: {e}")
+try:
+    start_ids = tokenizer.encode(start)
+except ValueError as e:
+    die(f"the prompt cannot be encoded: {e}")
+if not start_ids:
+    die("the prompt encodes to no tokens")
+x = torch.tensor(start_ids, dtype=torch.long, device=device)[None]
+generator = torch.Generator(device=device).manual_seed(seed)
+for _ in range(num_samples):
+    y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    print(tokenizer.decode(y[0].tolist()))
+    print('---------------')

@@ -1,0 +1,118 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from helpers import SHARED, run
+from tokenizer import load_tokenizer
+
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\n  All:\tSpeak, speak!  \n"
+        "ünïcödé — 😀 1234567890\n") * 40
+HAS_TIKTOKEN_CACHE = os.path.isdir(os.path.join(SHARED, 'tiktoken_cache'))
+
+
+def check_dataset(out_dir, text=None):
+    meta = json.load(open(os.path.join(out_dir, 'meta.json')))
+    assert set(meta) >= {'tokenizer', 'vocab_size', 'dtype', 'train_tokens', 'val_tokens', 'source_sha256'}
+    tok = load_tokenizer(out_dir)
+    assert tok.vocab_size == meta['vocab_size']
+    arrays = {}
+    for split in ('train', 'val'):
+        arrays[split] = np.fromfile(os.path.join(out_dir, f'{split}.bin'), dtype=meta['dtype'])
+        assert len(arrays[split]) == meta[f'{split}_tokens'] > 0
+        assert arrays[split].max() < meta['vocab_size']
+    if text is not None:
+        assert tok.decode(tok.encode(text)) == text  # exact round trip
+        assert tok.decode(arrays['train']) + tok.decode(arrays['val']) == text
+    return meta, tok
+
+
+def prepare(name, *args):
+    r = run(f'data/{name}/prepare.py', *args)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_shakespeare_char(tmp_path):
+    src = tmp_path / 'input.txt'
+    src.write_text(TEXT)
+    prepare('shakespeare_char', f'--input={src}', f'--out_dir={tmp_path / "d"}')
+    meta, tok = check_dataset(tmp_path / 'd', TEXT)
+    assert meta['vocab_size'] == len(set(TEXT)) and meta['dtype'] == 'uint16'
+    assert meta['train_tokens'] == int(0.9 * len(TEXT))
+
+
+def test_shakespeare_sentencepiece(tmp_path):
+    src = tmp_path / 'input.txt'
+    src.write_text(TEXT)
+    prepare('shakespeare_sp', f'--input={src}', f'--out_dir={tmp_path / "d"}', '--vocab_size=400')
+    meta, tok = check_dataset(tmp_path / 'd', TEXT)
+    assert meta['tokenizer']['type'] == 'sentencepiece' and (tmp_path / 'd' / 'tokenizer.model').exists()
+    odd = '  two  spaces\t\ttabs\n\n\nnewlines and 漢字 never seen in training '
+    assert tok.decode(tok.encode(odd)) == odd  # byte fallback and no whitespace collapsing
+
+
+@pytest.mark.skipif(not HAS_TIKTOKEN_CACHE, reason='no tiktoken cache in ../shared/data (GPT-2 BPE needs it offline)')
+def test_shakespeare_gpt2_bpe(tmp_path):
+    src = tmp_path / 'input.txt'
+    src.write_text(TEXT)
+    prepare('shakespeare', f'--input={src}', f'--out_dir={tmp_path / "d"}')
+    meta, tok = check_dataset(tmp_path / 'd', TEXT)
+    assert meta['vocab_size'] == 50257 and tok.encode('Hello world') == [15496, 995]
+
+
+@pytest.mark.skipif(not HAS_TIKTOKEN_CACHE, reason='no tiktoken cache in ../shared/data (GPT-2 BPE needs it offline)')
+def test_tinystories_end_of_text_between_stories(tmp_path):
+    stories = ['Once upon a time there was a cat.', 'The dog ran.\nIt was happy.', 'The end came.'] * 10
+    folder = tmp_path / 'src'
+    folder.mkdir()
+    (folder / 'train.txt').write_text('\n\n'.join(stories[:24]))
+    (folder / 'valid.txt').write_text('\n<|endoftext|>\n'.join(stories[24:]))  # both separators are understood
+    prepare('tinystories', f'--input={folder}', f'--out_dir={tmp_path / "d"}')
+    meta, tok = check_dataset(tmp_path / 'd')
+    val = np.fromfile(tmp_path / 'd' / 'val.bin', dtype=meta['dtype'])
+    assert (val == tok.eot).sum() == 6 and val[-1] == tok.eot
+    pieces = tok.decode(val).split('<|endoftext|>')[:-1]
+    assert pieces == stories[24:]
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'tinystories')) or not HAS_TIKTOKEN_CACHE,
+                    reason='../shared/data/tinystories not present')
+def test_tinystories_shared_sample(tmp_path):
+    prepare('tinystories', f'--input={os.path.join(SHARED, "tinystories")}', f'--out_dir={tmp_path / "d"}')
+    meta, _ = check_dataset(tmp_path / 'd')
+    assert meta['train_tokens'] > 100_000
+
+
+@pytest.mark.parametrize('tokenizer', ['char', 'gpt2', 'sentencepiece'])
+def test_custom_folder_with_train_and_val(tmp_path, tokenizer):
+    if tokenizer == 'gpt2' and not HAS_TIKTOKEN_CACHE:
+        pytest.skip('no tiktoken cache')
+    (tmp_path / 'in' / 'train').mkdir(parents=True)
+    (tmp_path / 'in' / 'val').mkdir()
+    (tmp_path / 'in' / 'train' / 'a.txt').write_text(TEXT)
+    (tmp_path / 'in' / 'val' / 'b.txt').write_text(TEXT[:500])
+    prepare('custom', f'--input={tmp_path / "in"}', f'--out_dir={tmp_path / "d"}', f'--tokenizer={tokenizer}',
+            '--vocab_size=400')
+    meta, tok = check_dataset(tmp_path / 'd')
+    assert tok.decode(np.fromfile(tmp_path / 'd' / 'val.bin', dtype=meta['dtype'])) == TEXT[:500]
+    if tokenizer == 'sentencepiece':  # reuse the trained model for another dataset
+        prepare('custom', f'--input={tmp_path / "in" / "val"}', f'--out_dir={tmp_path / "d2"}',
+                '--tokenizer=sentencepiece', f'--sp_model={tmp_path / "d" / "tokenizer.model"}')
+        assert load_tokenizer(tmp_path / 'd2').vocab_size == tok.vocab_size
+
+
+def test_large_vocabularies_use_uint32(tmp_path):
+    from common import token_dtype
+    assert token_dtype(50257) == np.uint16 and token_dtype(65536) == np.uint16 and token_dtype(100277) == np.uint32
+
+
+def test_prepare_without_source_fails_clearly(tmp_path):
+    r = run('data/custom/prepare.py', f'--out_dir={tmp_path}')
+    assert r.returncode == 2 and 'needs --input' in r.stderr and 'Traceback' not in r.stderr
+    r = run('data/shakespeare_sp/prepare.py', f'--input={os.path.abspath(__file__)}', f'--out_dir={tmp_path}',
+            '--vocab_size=100')
+    assert r.returncode == 2 and 'too small' in r.stderr and 'Traceback' not in r.stderr
+    r = run('data/shakespeare_char/prepare.py', f'--input={tmp_path / "missing.txt"}', f'--out_dir={tmp_path}')
+    assert r.returncode == 2 and 'does not exist' in r.stderr and 'Traceback' not in r.stderr
