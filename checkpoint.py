@@ -1,10 +1,25 @@
-"""Checkpoint files: atomic writes, rotation order, and finding the newest one that loads."""
+"""
+Checkpoint files: atomic writes, rotation, finding the newest one that loads, and moving model and optimizer
+state between the full format and every parallel mode.
+
+Full format (default): one `ckpt_<iter>.pt` whose 'model' is a plain state_dict and whose 'optimizer' is keyed by
+parameter name (torch.distributed.checkpoint's full optimizer state dict), the same whether it was written by a
+single process, DDP, ZeRO-1 or FSDP, so it moves between all of them and any world size.
+Sharded format (FSDP): a `ckpt_<iter>/` folder written by torch.distributed.checkpoint, one shard per rank, plus
+train_state.pt with everything else; it resumes only under the same world size.
+"""
 import glob
 import os
 import re
+import shutil
 import sys
 
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_optimizer_state_dict, set_state_dict)
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def atomic_write(path, write):
@@ -22,14 +37,24 @@ def save(obj, path):
 
 
 def load(path):
+    """A full checkpoint file, or the train_state.pt of a sharded checkpoint folder (its 'sharded' key says so)."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, '.metadata')):
+            raise FileNotFoundError(f"{path} has no .metadata: an incomplete sharded checkpoint")
+        state = torch.load(os.path.join(path, 'train_state.pt'), map_location='cpu', weights_only=True)
+        return {**state, 'sharded': path}
     return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def list_checkpoints(directory):
-    """ckpt_<iter>.pt files in directory, newest (highest iteration) first."""
-    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(directory, 'ckpt_*.pt'))
-             if (m := re.fullmatch(r'ckpt_(\d+)\.pt', os.path.basename(p)))]
+    """ckpt_<iter>.pt files and ckpt_<iter>/ sharded folders in directory, newest (highest iteration) first."""
+    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(directory, 'ckpt_*'))
+             if (m := re.fullmatch(r'ckpt_(\d+)(\.pt)?', os.path.basename(p)))]
     return [p for _, p in sorted(found, reverse=True)]
+
+
+def remove(path):
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def load_newest(paths):
@@ -40,3 +65,56 @@ def load_newest(paths):
         except Exception as e:
             print(f"warning: skipping unreadable checkpoint {path} ({type(e).__name__})", file=sys.stderr)
     return None, None
+
+
+def _zero_names(raw_model, optimizer):
+    """Parameter names in the order ZeroRedundancyOptimizer numbers them (its param groups, concatenated)."""
+    names = {id(p): n for n, p in raw_model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group['params']]
+
+
+def full_state(model, raw_model, optimizer, zero):
+    """(model_state, optimizer_state) in the full format; only rank 0's are complete. Collective: all ranks call it."""
+    if zero:
+        optimizer.consolidate_state_dict(to=0)
+        model_state = get_model_state_dict(model, options=FULL)
+        if dist.get_rank() != 0:
+            return model_state, {}
+        by_id = optimizer.state_dict()
+        names = _zero_names(raw_model, optimizer)
+        groups = [{**g, 'params': [names[i] for i in g['params']]} for g in by_id['param_groups']]
+        return model_state, {'state': {names[i]: s for i, s in by_id['state'].items()}, 'param_groups': groups}
+    return get_state_dict(model, optimizer, options=FULL)
+
+
+def load_optimizer_state(model, raw_model, optimizer, state, zero):
+    """Load a full-format optimizer state into any mode; every rank passes the whole state."""
+    if zero:
+        index = {n: i for i, n in enumerate(_zero_names(raw_model, optimizer))}
+        groups = [{**g, 'params': [index[n] for n in g['params']]} for g in state['param_groups']]
+        optimizer.load_state_dict({'state': {index[n]: s for n, s in state['state'].items()}, 'param_groups': groups})
+    else:
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def save_sharded(model, optimizer, train_state, path, master):
+    """Each rank writes its shards into path.tmp; rank 0 adds train_state.pt and renames the folder into place."""
+    import torch.distributed.checkpoint as dcp
+    tmp = path + '.tmp'
+    if master and os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    dist.barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({'model': model_state, 'optimizer': optim_state}, checkpoint_id=tmp)
+    if master:
+        save(train_state, os.path.join(tmp, 'train_state.pt'))
+        os.replace(tmp, path)
+    dist.barrier()
+
+
+def load_sharded(model, optimizer, path):
+    import torch.distributed.checkpoint as dcp
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {'model': model_state, 'optimizer': optim_state}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, optimizer, model_state_dict=state['model'], optim_state_dict=state['optimizer'])

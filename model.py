@@ -497,14 +497,18 @@ class GPT(nn.Module):
                                 + 4 * c.n_head * c.head_dim * T)
         return attn, self.flops_per_token(T) - attn - 3 * 2 * c.n_embd * c.vocab_size
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, zero_redundancy=False):
         # decay matrices (>= 2-D: linears, embeddings, stacked experts), not biases or norm gains
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
         fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
+        kwargs = dict(lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
+        if zero_redundancy:  # ZeRO-1: each rank keeps the AdamW state of its share of the parameters
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+            return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **kwargs)
+        return torch.optim.AdamW(groups, **kwargs)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, use_cache=True):

@@ -21,6 +21,8 @@ from dataclasses import asdict, fields
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint as ckpt_files
 from configurator import configure
@@ -64,6 +66,10 @@ warmup_iters = 100
 lr_decay_iters = None  # None = max_iters
 min_lr = None  # None = learning_rate / 10
 wsd_decay_frac = 0.2  # wsd: the last fraction of lr_decay_iters that decays linearly to min_lr
+# parallelism (under torchrun)
+parallelism = 'ddp'  # ddp | zero1 | fsdp: how ranks spread the state; a plain single process ignores it
+fsdp_reshard_after_forward = True  # free gathered parameters after forward (less memory, one more all-gather)
+checkpoint_format = 'full'  # full: one file any mode and world size loads; sharded: per-rank shards (fsdp only)
 # system
 device = 'auto'  # auto (cuda > mps > cpu), or e.g. cpu, cuda, cuda:1, mps
 dtype = 'auto'  # auto (bfloat16 on capable GPUs, float16 on older ones, float32 elsewhere), float32, bfloat16, float16
@@ -80,20 +86,45 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 START = time.time()
 
 
+# torchrun sets RANK/WORLD_SIZE; gradient_accumulation_steps is global and split over the ranks
+distributed = 'RANK' in os.environ
+rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
+world_size = int(os.environ.get('WORLD_SIZE', 1))
+master = rank == 0
+
+
 def die(message):
-    print(f"error: {message}", file=sys.stderr)
+    # every rank reaches the same verdict before any collective, so all exit and none hangs
+    if master:
+        print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-# ---- checks that need no model: resume source, out_dir, data ----
+def say(*args, **kwargs):
+    if master:
+        print(*args, **kwargs)
+
+
+# ---- checks that need no model: launch, resume source, out_dir, data ----
 if lr_schedule not in ('cosine', 'linear', 'wsd'):
     die(f"lr_schedule={lr_schedule!r} is invalid; allowed: cosine, linear, wsd")
 if init_from not in ('scratch', 'resume'):
     die(f"init_from={init_from!r} is invalid; allowed: scratch, resume")
+if parallelism not in ('ddp', 'zero1', 'fsdp'):
+    die(f"parallelism={parallelism!r} is invalid; allowed: ddp, zero1, fsdp")
+if checkpoint_format not in ('full', 'sharded'):
+    die(f"checkpoint_format={checkpoint_format!r} is invalid; allowed: full, sharded")
+if checkpoint_format == 'sharded' and not (distributed and parallelism == 'fsdp'):
+    die("checkpoint_format='sharded' needs parallelism='fsdp' under torchrun")
+if gradient_accumulation_steps < 1 or batch_size < 1:
+    die("batch_size and gradient_accumulation_steps must be at least 1")
+if gradient_accumulation_steps % world_size:
+    die(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by the world size {world_size}")
+local_accumulation = gradient_accumulation_steps // world_size
 checkpoint = None
 if init_from == 'resume' or eval_only:
     if resume_from:
-        if not os.path.isfile(resume_from):
+        if not os.path.exists(resume_from):
             die(f"resume_from={resume_from!r}: no such file")
         candidates = [resume_from]
     else:
@@ -105,7 +136,11 @@ if init_from == 'resume' or eval_only:
     checkpoint, path = ckpt_files.load_newest(candidates)
     if checkpoint is None:
         die(f"no loadable checkpoint among {', '.join(candidates)}")
-    print(f"resuming from {path} (iteration {checkpoint['iter_num']})")
+    if 'sharded' in checkpoint and (parallelism != 'fsdp' or checkpoint['world_size'] != world_size):
+        die(f"{path} is a sharded checkpoint from {checkpoint['world_size']} FSDP ranks; resume it with "
+            f"parallelism='fsdp' on {checkpoint['world_size']} ranks")
+    seed = checkpoint['seed']  # the data stream is a function of the seed: keep the run's
+    say(f"resuming from {path} (iteration {checkpoint['iter_num']})")
 stale_files = []  # a fresh run's leftovers, removed only once every check has passed
 if checkpoint is None and (ckpt_files.list_checkpoints(out_dir) or os.path.exists(os.path.join(out_dir, 'best.pt'))):
     if not overwrite:
@@ -147,12 +182,10 @@ block = model_config.block_size
 for _split in ('train', 'val'):
     if len(split_data(_split)) <= block + 1:
         die(f"block_size={block} is larger than the {_split} split ({len(split_data(_split))} tokens)")
-if gradient_accumulation_steps < 1 or batch_size < 1:
-    die("batch_size and gradient_accumulation_steps must be at least 1")
 for k in ARCH_FIELDS:  # the config records the model actually built
     config[k] = getattr(model_config, k)
 
-# ---- device and precision ----
+# ---- device, precision, process group ----
 if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 device_type = device.split(':')[0]
@@ -162,30 +195,50 @@ if dtype == 'auto':
     dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
 if dtype not in ('float32', 'bfloat16', 'float16'):
     die(f"dtype={dtype!r} is invalid; allowed: auto, float32, bfloat16, float16")
+if distributed:
+    if device_type == 'cuda':
+        device = f'cuda:{local_rank}'
+        torch.cuda.set_device(device)
+    dist.init_process_group('nccl' if device_type == 'cuda' else 'gloo')
 ptdtype = getattr(torch, dtype)
 autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 
-torch.manual_seed(seed)
-model = GPT(model_config).to(device)
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+# ---- model, parallel wrapping, optimizer, state ----
+torch.manual_seed(seed)  # the same initial weights on every rank
+raw_model = GPT(model_config).to(device)
+if checkpoint is not None and 'sharded' not in checkpoint:
+    raw_model.load_state_dict(checkpoint['model'])  # before sharding: FSDP then splits the loaded weights
+zero = distributed and parallelism == 'zero1'
+if distributed and parallelism == 'fsdp':
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if dtype == 'bfloat16' else MixedPrecisionPolicy()
+    for block_module in raw_model.blocks:
+        if compile:
+            block_module.compile()  # per block, before sharding
+        fully_shard(block_module, mp_policy=mp_policy, reshard_after_forward=fsdp_reshard_after_forward)
+    model = fully_shard(raw_model, mp_policy=mp_policy, reshard_after_forward=fsdp_reshard_after_forward)
+else:
+    if compile:
+        raw_model.compile()  # in place: state_dict keys stay free of _orig_mod.
+    model = DDP(raw_model, device_ids=[local_rank] if device_type == 'cuda' else None) if distributed else raw_model
+optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, zero)
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 iter_num, best_val_loss, tokens_seen = 0, float('inf'), 0
 if checkpoint is not None:
-    model.load_state_dict(checkpoint['model'])
-    optimizer.load_state_dict(checkpoint['optimizer'])
+    if 'sharded' in checkpoint:
+        ckpt_files.load_sharded(model, optimizer, checkpoint['sharded'])
+    else:
+        ckpt_files.load_optimizer_state(model, raw_model, optimizer, checkpoint['optimizer'], zero)
     if 'scaler' in checkpoint:
         scaler.load_state_dict(checkpoint['scaler'])
-    iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
-    tokens_seen = checkpoint.get('tokens_seen', 0)
-    torch.set_rng_state(checkpoint['rng']['torch'])
-    if device_type == 'cuda' and 'cuda' in checkpoint['rng']:
-        torch.cuda.set_rng_state(checkpoint['rng']['cuda'])
+    iter_num, best_val_loss, tokens_seen = checkpoint['iter_num'], checkpoint['best_val_loss'], checkpoint['tokens_seen']
 start_iter, last_saved = iter_num, iter_num
-for path in stale_files:
-    os.remove(path)
-train_model = torch.compile(model) if compile else model
+if master:
+    for path in stale_files:
+        ckpt_files.remove(path)
 tokens_per_iter = gradient_accumulation_steps * batch_size * block
 
 
@@ -200,24 +253,32 @@ def get_batch(split, rng):
 
 
 def batch_rng(iteration, micro_step):
-    # training batches are a pure function of (seed, iteration, micro-step): resuming needs no sampler
-    # state beyond iter_num, and evaluation (which uses its own streams) can never shift them
+    # a training batch (and its dropout masks) is a pure function of (seed, iteration, global micro-step):
+    # the same on any number of ranks, no sampler state to save, and evaluation can never shift it
     return np.random.default_rng([seed, 0, iteration, micro_step])
+
+
+def all_reduce_sum(values):
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if distributed:
+        dist.all_reduce(t)
+    return t.tolist()
 
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean cross-entropy per split over eval_iters batches; the same batches at every evaluation."""
+    """Mean cross-entropy per split over eval_iters fixed batches, shared out over the ranks."""
     model.eval()
     out = {}
     for split_id, split in enumerate(('train', 'val')):
-        losses = torch.zeros(eval_iters)
-        for k in range(eval_iters):
-            x, y = get_batch(split, np.random.default_rng([seed, 1, split_id, k]))
+        total = 0.0
+        for k in range(rank, math.ceil(eval_iters / world_size) * world_size, world_size):
+            # every rank runs the same number of forwards (FSDP's all-gathers need all of them); extras count 0
+            x, y = get_batch(split, np.random.default_rng([seed, 1, split_id, k % eval_iters]))
             with autocast:
-                train_model(x, y)
-            losses[k] = model.ce_loss.item()
-        out[split] = losses.mean().item()
+                model(x, y)
+            total += raw_model.ce_loss.item() if k < eval_iters else 0.0
+        out[split] = all_reduce_sum([total])[0] / eval_iters
     model.train()
     return out
 
@@ -246,14 +307,20 @@ def bits_per_byte(loss, split):
     return loss / math.log(2) * meta[f'{split}_tokens'] / meta[f'{split}_bytes']
 
 
-# ---- run log: JSON (rewritten atomically, so always valid), CSV, wandb ----
-os.makedirs(out_dir, exist_ok=True)
-stamp = time.strftime('%Y%m%d_%H%M%S')
-log_path = os.path.join(out_dir, f'run_{stamp}.json')
-for _n in range(1, 1000):
-    if not os.path.exists(log_path):
-        break
-    log_path = os.path.join(out_dir, f'run_{stamp}_{_n}.json')
+def local_bytes(tensors):
+    """Bytes this rank holds for these tensors (its shard, for FSDP's DTensors)."""
+    return sum((t.to_local() if hasattr(t, 'to_local') else t).nbytes for t in tensors)
+
+
+def memory_report():
+    params = list(raw_model.parameters())
+    local_optimizer = optimizer.optim if zero else optimizer  # ZeRO-1 wraps the AdamW holding this rank's share
+    states = [v for s in local_optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
+    return {'parameter_bytes': local_bytes(params), 'gradient_bytes': local_bytes(params),
+            'optimizer_bytes': local_bytes(states)}
+
+
+# ---- run log: JSON (rewritten atomically, so always valid), CSV, wandb; rank 0 only ----
 run_log = {
     'run_name': wandb_run_name or os.path.basename(os.path.abspath(out_dir)),
     'start_time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
@@ -261,11 +328,13 @@ run_log = {
     'startup_info': {
         'architecture': model_config.architecture_name(),
         'model_args': asdict(model_config),
-        'parameters': {'total': model.get_num_params(non_embedding=False),
-                       'non_embedding': model.get_num_params(non_embedding=True)},
-        'flops_per_token': model.flops_per_token(),
+        'parameters': {'total': raw_model.get_num_params(non_embedding=False),
+                       'non_embedding': raw_model.get_num_params(non_embedding=True)},
+        'flops_per_token': raw_model.flops_per_token(),
         'tokens_per_iter': tokens_per_iter,
         'device': device, 'dtype': dtype, 'compile': compile,
+        'world_size': world_size, 'parallelism': parallelism if distributed else 'single',
+        'memory_per_rank': None,  # filled in after the first step, once the optimizer state exists
         'versions': {'python': platform.python_version(), 'torch': torch.__version__, 'numpy': np.__version__},
         'dataset': {'dir': data_dir, **{k: meta.get(k) for k in ('vocab_size', 'train_tokens', 'val_tokens',
                                                                   'source', 'source_sha256')}},
@@ -274,41 +343,56 @@ run_log = {
     },
     'training_iterations': [], 'eval_steps': [], 'checkpoints': [], 'summary': {},
 }
+CSV_FIELDS = ['iter', 'loss', 'aux_loss', 'lr', 'grad_norm', 'time_ms', 'tokens_per_sec', 'tokens_seen']
+csv_path = os.path.join(out_dir, 'metrics.csv')
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    stamp = time.strftime('%Y%m%d_%H%M%S')
+    log_path = os.path.join(out_dir, f'run_{stamp}.json')
+    for _n in range(1, 1000):
+        if not os.path.exists(log_path):
+            break
+        log_path = os.path.join(out_dir, f'run_{stamp}_{_n}.json')
+    if not os.path.exists(csv_path):
+        with open(csv_path, 'w', newline='') as f:
+            csv.writer(f).writerow(CSV_FIELDS)
+    if wandb_log:
+        import wandb
+        wandb.init(project=wandb_project, name=run_log['run_name'], config=config)
 
 
 def write_run_log():
-    ckpt_files.atomic_write(log_path, lambda f: f.write(json.dumps(run_log, indent=1).encode()))
-
-
-CSV_FIELDS = ['iter', 'loss', 'aux_loss', 'lr', 'grad_norm', 'time_ms', 'tokens_per_sec', 'tokens_seen']
-csv_path = os.path.join(out_dir, 'metrics.csv')
-if not os.path.exists(csv_path):
-    with open(csv_path, 'w', newline='') as f:
-        csv.writer(f).writerow(CSV_FIELDS)
-if wandb_log:
-    import wandb
-    wandb.init(project=wandb_project, name=run_log['run_name'], config=config)
+    if master:
+        ckpt_files.atomic_write(log_path, lambda f: f.write(json.dumps(run_log, indent=1).encode()))
 
 
 def save_checkpoint(reason):
+    """Collective: every rank calls it. Returns the checkpoint dict on rank 0 (full format), else None."""
     global last_saved
-    ckpt = {
-        'model': model.state_dict(),  # the uncompiled module: no _orig_mod. prefixes
+    train_state = {
         'model_args': asdict(model_config),
-        'optimizer': optimizer.state_dict(),
         'iter_num': iter_num,
         'best_val_loss': best_val_loss,
         'tokens_seen': tokens_seen,
+        'seed': seed,  # with iter_num, all the sampler state there is (see batch_rng)
+        'world_size': world_size,
         'config': config,
         'meta': meta,
-        'rng': {'torch': torch.get_rng_state(), **({'cuda': torch.cuda.get_rng_state()} if device_type == 'cuda' else {})},
+        **({'scaler': scaler.state_dict()} if scaler.is_enabled() else {}),
     }
-    if scaler.is_enabled():
-        ckpt['scaler'] = scaler.state_dict()
-    path = os.path.join(out_dir, f'ckpt_{iter_num}.pt')
-    ckpt_files.save(ckpt, path)
-    for old in ckpt_files.list_checkpoints(out_dir)[keep_last_n:]:
-        os.remove(old)
+    path = os.path.join(out_dir, f'ckpt_{iter_num}')
+    ckpt = None
+    if checkpoint_format == 'sharded':
+        ckpt_files.save_sharded(model, optimizer, train_state, path, master)
+    else:
+        model_state, optim_state = ckpt_files.full_state(model, raw_model, optimizer, zero)
+        path += '.pt'
+        if master:
+            ckpt = {'model': model_state, 'optimizer': optim_state, **train_state}
+            ckpt_files.save(ckpt, path)
+    if master:
+        for old in ckpt_files.list_checkpoints(out_dir)[keep_last_n:]:
+            ckpt_files.remove(old)
     run_log['checkpoints'].append({'iter': iter_num, 'path': path, 'reason': reason})
     last_saved = iter_num
     return ckpt
@@ -319,34 +403,37 @@ def finish(reason, status=0):
                           'total_time_s': round(time.time() - START, 3), 'tokens_seen': tokens_seen,
                           'iterations': iter_num, 'stop_reason': reason}
     write_run_log()
-    if wandb_log:
+    if wandb_log and master:
         wandb.finish()
-    print(f"stopped at iteration {iter_num}: {reason}")
+    say(f"stopped at iteration {iter_num}: {reason}")
+    if distributed:
+        dist.destroy_process_group()
     sys.exit(status)
 
 
 def stop_non_finite(value):
-    print(f"error: loss is {value} at iteration {iter_num}; stopping without saving (the last checkpoint is "
-          f"untouched). Try a lower learning_rate or a grad_clip.", file=sys.stderr)
+    if master:
+        print(f"error: loss is {value} at iteration {iter_num}; stopping without saving (the last checkpoint is "
+              f"untouched). Try a lower learning_rate or a grad_clip.", file=sys.stderr)
     finish('non-finite loss', 1)
 
 
 # ---- evaluate only ----
-n_params = model.get_num_params()
 if eval_only:
     losses = estimate_loss()
     result = {split: {'loss': loss, 'perplexity': math.exp(loss), 'bits_per_byte': bits_per_byte(loss, split)}
               for split, loss in losses.items()}
     for split, r in result.items():
-        print(f"{split}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}, bits/byte {r['bits_per_byte']:.4f}")
+        say(f"{split}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}, bits/byte {r['bits_per_byte']:.4f}")
     run_log['eval_steps'].append({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
                                   'eval': result})
     finish('eval_only')
 
-print(f"model {model_config.architecture_name()}: {n_params / 1e6:.2f}M non-embedding parameters "
-      f"({model.get_num_params(False) / 1e6:.2f}M total)")
-print(f"device {device}, {dtype}, compile={compile}; {tokens_per_iter:,} tokens per iteration "
-      f"({gradient_accumulation_steps} x {batch_size} x {block})")
+say(f"model {model_config.architecture_name()}: {raw_model.get_num_params() / 1e6:.2f}M non-embedding parameters "
+    f"({raw_model.get_num_params(False) / 1e6:.2f}M total)")
+say(f"device {device}, {dtype}, compile={compile}; {tokens_per_iter:,} tokens per iteration "
+    f"({gradient_accumulation_steps} x {batch_size} x {block}); "
+    + (f"{world_size} ranks, {parallelism}" if distributed else "single process"))
 write_run_log()
 
 # ---- training loop ----
@@ -358,37 +445,33 @@ def on_sigint(signum, frame):
     if interrupted:  # a second Ctrl-C aborts at once
         raise KeyboardInterrupt
     interrupted = True
-    print("\ninterrupted: finishing this iteration, then checkpointing")
+    say("\ninterrupted: finishing this iteration, then checkpointing")
 
 
 signal.signal(signal.SIGINT, on_sigint)
-loss_sum = aux_sum = torch.zeros((), device=device)
-iters_since_log, grad_norm = 0, torch.zeros(())
-t_log = time.time()
-train_start = time.time()
+loss_sum = aux_sum = torch.zeros((), device=device, dtype=torch.float64)  # fp64: exact for any summation order
+iters_since_log, grad_norm, stop = 0, torch.zeros(()), None
+t_log = train_start = time.time()
 while True:
-    stop = None
+    # stop requests (Ctrl-C, max_time) are agreed on at log lines, where ranks synchronise anyway
     if iter_num >= max_iters:
         stop = 'max_iters'
-    elif interrupted:
-        stop = 'interrupted'
-    elif max_time is not None and time.time() - train_start >= max_time:
-        stop = 'max_time'
     evaluate = iter_num % eval_interval == 0 and not (iter_num == start_iter and checkpoint is not None)
     if evaluate or (stop in ('max_iters', 'max_time') and iter_num != start_iter):
         losses = estimate_loss()
-        print(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         run_log['eval_steps'].append({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
-                                      'val_bits_per_byte': bits_per_byte(losses['val'], 'val'), 'time_s': round(time.time() - START, 3)})
-        if wandb_log:
+                                      'val_bits_per_byte': bits_per_byte(losses['val'], 'val'),
+                                      'time_s': round(time.time() - START, 3)})
+        if wandb_log and master:
             wandb.log({'iter': iter_num, 'train/eval_loss': losses['train'], 'val/loss': losses['val']}, step=iter_num)
-        if not (math.isfinite(losses['val']) and math.isfinite(loss_sum.item())):
+        if not math.isfinite(losses['val']):
             stop_non_finite(losses['val'])
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
         if iter_num > start_iter:
             ckpt = save_checkpoint(stop or 'eval')
-            if improved:
+            if improved and ckpt is not None:
                 ckpt_files.save(ckpt, os.path.join(out_dir, 'best.pt'))
         write_run_log()
         if target_val_loss is not None and losses['val'] <= target_val_loss and stop is None:
@@ -402,48 +485,72 @@ while True:
     lr = get_lr(iter_num)
     for group in optimizer.param_groups:
         group['lr'] = lr
-    for micro_step in range(gradient_accumulation_steps):
-        x, y = get_batch('train', batch_rng(iter_num, micro_step))
+    for j in range(local_accumulation):
+        micro_step = rank + j * world_size  # rank r takes global micro-steps r, r+W, r+2W, ...
+        last = j == local_accumulation - 1
+        rng = batch_rng(iter_num, micro_step)
+        x, y = get_batch('train', rng)
+        torch.manual_seed(int(rng.integers(2 ** 62)))  # dropout masks follow the micro-step, not the rank
+        if distributed and parallelism == 'fsdp':
+            model.set_requires_gradient_sync(last)  # reduce-scatter gradients only after the last micro-step
+        elif distributed:
+            model.require_backward_grad_sync = last  # DDP: all-reduce only after the last micro-step
         with autocast:
-            _, loss = train_model(x, y)
-        loss_sum = loss_sum + model.ce_loss
-        if model.aux_loss is not None:
-            aux_sum = aux_sum + model.aux_loss
-        scaler.scale(loss / gradient_accumulation_steps).backward()
+            _, loss = model(x, y)
+        loss_sum = loss_sum + raw_model.ce_loss
+        if raw_model.aux_loss is not None:
+            aux_sum = aux_sum + raw_model.aux_loss
+        scaler.scale(loss / local_accumulation).backward()  # ranks average, so each micro-step weighs 1/G
     if grad_clip:
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)  # the global norm, also for FSDP
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
     iters_since_log += 1
     tokens_seen += tokens_per_iter
+    if run_log['startup_info']['memory_per_rank'] is None:
+        run_log['startup_info']['memory_per_rank'] = memory_report()
+        say("memory per rank: " + ', '.join(f"{k.replace('_bytes', '')} {v / 2 ** 20:.2f} MiB"
+                                            for k, v in run_log['startup_info']['memory_per_rank'].items()))
 
-    if iter_num % log_interval == 0 or iter_num == max_iters:
-        # the one host sync per log interval: the mean loss over every micro-step since the last line
-        mean_loss = loss_sum.item() / (iters_since_log * gradient_accumulation_steps)
-        mean_aux = aux_sum.item() / (iters_since_log * gradient_accumulation_steps) if model.config.n_expert else None
+    at_log = iter_num % log_interval == 0 or iter_num == max_iters
+    time_up = max_time is not None and time.time() - train_start >= max_time
+    if at_log:  # ranks agree on stopping here, where they synchronise anyway; one process checks every step
+        total_loss, total_aux, stop_votes, time_votes = all_reduce_sum(
+            [loss_sum.item(), aux_sum.item(), float(interrupted), float(time_up)])
+    elif not distributed:
+        stop_votes, time_votes = interrupted, time_up
+    else:
+        stop_votes = time_votes = 0
+    stop = 'interrupted' if stop_votes else 'max_time' if time_votes else None
+    if at_log:
+        # the one host sync per log interval: the mean loss over every micro-step of every rank since the last line
+        mean_loss = total_loss / (iters_since_log * gradient_accumulation_steps)
+        mean_aux = total_aux / (iters_since_log * gradient_accumulation_steps) if model_config.n_expert else None
         if device_type == 'cuda':
             torch.cuda.synchronize()
         dt = (time.time() - t_log) / iters_since_log
+        norm = grad_norm.full_tensor() if hasattr(grad_norm, 'full_tensor') else grad_norm
         entry = {'iter': iter_num, 'loss': mean_loss, 'aux_loss': mean_aux, 'lr': lr,
-                 'grad_norm': float(grad_norm) if grad_clip else None, 'time_ms': dt * 1000,
+                 'grad_norm': float(norm) if grad_clip else None, 'time_ms': dt * 1000,
                  'tokens_per_sec': tokens_per_iter / dt, 'tokens_seen': tokens_seen}
         run_log['training_iterations'].append(entry)
         if not math.isfinite(mean_loss):
             stop_non_finite(mean_loss)
-        with open(csv_path, 'a', newline='') as f:
-            csv.writer(f).writerow(['' if entry[k] is None else entry[k] for k in CSV_FIELDS])
+        if master:
+            with open(csv_path, 'a', newline='') as f:
+                csv.writer(f).writerow(['' if entry[k] is None else entry[k] for k in CSV_FIELDS])
+            if wandb_log:
+                wandb.log({k: v for k, v in entry.items() if v is not None}, step=iter_num)
         write_run_log()
-        if wandb_log:
-            wandb.log({k: v for k, v in entry.items() if v is not None}, step=iter_num)
         line = (f"iter {iter_num}: loss {mean_loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
                 f"{tokens_per_iter / dt:,.0f} tok/s")
         if progress and sys.stdout.isatty():
             done = int(30 * iter_num / max_iters)
-            print(f"\r[{'#' * done}{'.' * (30 - done)}] {line}", end='', flush=True)
+            say(f"\r[{'#' * done}{'.' * (30 - done)}] {line}", end='', flush=True)
         else:
-            print(line)
-        loss_sum = aux_sum = torch.zeros((), device=device)
+            say(line)
+        loss_sum = aux_sum = torch.zeros((), device=device, dtype=torch.float64)
         iters_since_log, t_log = 0, time.time()

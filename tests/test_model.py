@@ -95,7 +95,6 @@ def _gradcheck(module, *inputs):
 
     def f(*args):
         xs, ps = args[:len(inputs)], args[len(inputs):]
-        saved = [p.data for p in params]
         out = torch.func.functional_call(module, {n: p for (n, _), p in zip(module.named_parameters(), ps)}, xs)
         return out[0] if isinstance(out, tuple) else out
     torch.autograd.gradcheck(f, (*inputs, *[p.detach().clone().requires_grad_() for p in params]),

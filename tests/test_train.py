@@ -2,11 +2,9 @@ import csv
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -95,7 +93,7 @@ def test_run_log_schema_csv_and_rotation(data, tmp_path):
     assert ckpts == ['ckpt_10.pt', 'ckpt_8.pt'] and (out / 'best.pt').exists()
     assert not [n for n in os.listdir(out) if n.endswith('.tmp')]
     ck = torch.load(out / 'ckpt_10.pt', weights_only=True)
-    assert {'model', 'model_args', 'optimizer', 'iter_num', 'best_val_loss', 'config', 'rng'} <= set(ck)
+    assert {'model', 'model_args', 'optimizer', 'iter_num', 'best_val_loss', 'config', 'seed', 'meta'} <= set(ck)
     assert ck['iter_num'] == 10 and not any(k.startswith('_orig_mod.') for k in ck['model'])
 
 

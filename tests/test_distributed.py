@@ -1,0 +1,121 @@
+"""DDP, ZeRO-1 and FSDP with 2 gloo processes on CPU, checked against one process."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT, TINY_MODEL, iteration_losses, make_char_dataset, run_logs, train
+
+# 4 global micro-steps: one process accumulates 4, each of 2 ranks accumulates 2
+RUN = ['--max_iters=6', '--gradient_accumulation_steps=4', '--eval_interval=3', '--log_interval=1',
+       '--lr_decay_iters=6', '--warmup_iters=2']
+# one process sums 4 micro-step gradients in one order, 2 ranks in another: float rounding, nothing more.
+# (with 2 ranks x 1 micro-step the orders coincide and the losses are bit-identical, see below)
+TOLERANCE = 1e-6
+
+
+def torchrun(data_dir, out_dir, *args, check=True):
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
+    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                             os.path.join(ROOT, 'train.py'), f'--data_dir={data_dir}', f'--out_dir={out_dir}',
+                             *TINY_MODEL, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    return result
+
+
+def assert_same_losses(a, b, iters=range(1, 7), tolerance=TOLERANCE):
+    assert all(i in a and i in b for i in iters), (sorted(a), sorted(b))
+    worst = max(abs(a[i] - b[i]) for i in iters)
+    assert worst <= tolerance, (worst, a, b)
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    """Straight 6-iteration runs: single process and each parallel mode."""
+    root = tmp_path_factory.mktemp('dist')
+    data = make_char_dataset(root / 'data')
+    train(data, root / 'single', *RUN)
+    for mode in ('ddp', 'zero1', 'fsdp'):
+        torchrun(data, root / mode, *RUN, f'--parallelism={mode}')
+    return root, data
+
+
+@pytest.mark.parametrize('mode', ['ddp', 'zero1', 'fsdp'])
+def test_parallel_modes_match_single_process(runs, mode):
+    root, _ = runs
+    assert_same_losses(iteration_losses(root / mode), iteration_losses(root / 'single'))
+    log = run_logs(root / mode)[0]
+    assert log['startup_info']['world_size'] == 2 and log['startup_info']['parallelism'] == mode
+    assert [e['iter'] for e in log['training_iterations']] == [1, 2, 3, 4, 5, 6]  # rank 0 alone writes the log
+    single_eval = run_logs(root / 'single')[0]['eval_steps']
+    for a, b in zip(log['eval_steps'], single_eval):  # evaluation is averaged over both ranks' batches
+        assert a['iter'] == b['iter'] and a['val_loss'] == pytest.approx(b['val_loss'], abs=1e-5)
+
+
+def test_memory_is_sharded(runs):
+    root, _ = runs
+    memory = {mode: run_logs(root / mode)[0]['startup_info']['memory_per_rank']
+              for mode in ('single', 'ddp', 'zero1', 'fsdp')}
+    full = memory['single']
+    assert memory['ddp'] == full
+    # ZeRO-1 shards the optimizer state only, FSDP parameters, gradients and optimizer state
+    assert memory['zero1']['parameter_bytes'] == full['parameter_bytes']
+    assert 0.3 < memory['zero1']['optimizer_bytes'] / full['optimizer_bytes'] < 0.7
+    for key in ('parameter_bytes', 'gradient_bytes', 'optimizer_bytes'):
+        assert 0.45 < memory['fsdp'][key] / full[key] < 0.55, key
+
+
+@pytest.mark.parametrize('source,target', [('fsdp', 'single'), ('fsdp', 'ddp'), ('single', 'fsdp'),
+                                           ('zero1', 'ddp'), ('ddp', 'zero1')])
+def test_full_checkpoints_move_between_modes(runs, tmp_path, source, target):
+    root, data = runs
+    ckpt = root / source / 'ckpt_3.pt'
+    args = [*RUN, '--init_from=resume', f'--resume_from={ckpt}']
+    if target == 'single':
+        train(data, tmp_path / 'o', *args)
+    else:
+        torchrun(data, tmp_path / 'o', *args, f'--parallelism={target}')
+    resumed = iteration_losses(tmp_path / 'o')
+    assert sorted(resumed) == [4, 5, 6]
+    assert_same_losses(resumed, iteration_losses(root / source), iters=[4, 5, 6])
+
+
+def test_sharded_checkpoint_resumes_under_fsdp(runs, tmp_path):
+    root, data = runs
+    out = tmp_path / 'o'
+    torchrun(data, out, *RUN, '--max_iters=3', '--parallelism=fsdp', '--checkpoint_format=sharded')
+    assert (out / 'ckpt_3' / '.metadata').exists() and (out / 'ckpt_3' / 'train_state.pt').exists()
+    torchrun(data, out, *RUN, '--init_from=resume', '--parallelism=fsdp', '--checkpoint_format=sharded')
+    assert_same_losses(iteration_losses(out), iteration_losses(root / 'fsdp'))
+    # a sharded checkpoint needs the same FSDP world size
+    r = train(data, tmp_path / 'x', *RUN, '--init_from=resume', f'--resume_from={out / "ckpt_3"}', check=False)
+    assert r.returncode == 2 and 'sharded checkpoint from 2 FSDP ranks' in r.stderr
+
+
+def test_two_ranks_without_accumulation_are_bit_identical(runs, tmp_path):
+    _, data = runs
+    args = ['--max_iters=5', '--gradient_accumulation_steps=2', '--eval_interval=100', '--log_interval=1',
+            '--dropout=0.1']  # dropout masks follow the global micro-step, so they match too
+    train(data, tmp_path / 'single', *args)
+    torchrun(data, tmp_path / 'ddp', *args, '--parallelism=ddp')
+    assert iteration_losses(tmp_path / 'ddp') == iteration_losses(tmp_path / 'single')
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--gradient_accumulation_steps=3'], 'gradient_accumulation_steps=3 is not divisible by the world size 2'),
+    (['--parallelism=tensor'], "parallelism='tensor' is invalid; allowed: ddp, zero1, fsdp"),
+])
+def test_bad_launch_fails_fast_on_rank_0(runs, tmp_path, args, message):
+    _, data = runs
+    r = torchrun(data, tmp_path / 'o', *args, check=False)
+    assert r.returncode != 0
+    ours = [line for line in r.stderr.splitlines() if line.startswith('error: ')]
+    assert ours == [f'error: {message}']  # one line, from rank 0 only
+
+
+def test_fsdp_setting_without_torchrun_runs_single_process(runs, tmp_path):
+    _, data = runs
+    train(data, tmp_path / 'o', '--max_iters=2', '--parallelism=fsdp', '--eval_interval=2')
+    assert run_logs(tmp_path / 'o')[0]['startup_info']['parallelism'] == 'single'
