@@ -16,10 +16,8 @@ import sys
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_optimizer_state_dict, set_state_dict)
 
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+# torch.distributed.checkpoint is imported inside the functions that use it: it adds a second to every start-up
 
 
 def atomic_write(path, write):
@@ -75,20 +73,23 @@ def _zero_names(raw_model, optimizer):
 
 def full_state(model, raw_model, optimizer, zero):
     """(model_state, optimizer_state) in the full format; only rank 0's are complete. Collective: all ranks call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
     if zero:
         optimizer.consolidate_state_dict(to=0)
-        model_state = get_model_state_dict(model, options=FULL)
+        model_state = get_model_state_dict(model, options=full)
         if dist.get_rank() != 0:
             return model_state, {}
         by_id = optimizer.state_dict()
         names = _zero_names(raw_model, optimizer)
         groups = [{**g, 'params': [names[i] for i in g['params']]} for g in by_id['param_groups']]
         return model_state, {'state': {names[i]: s for i, s in by_id['state'].items()}, 'param_groups': groups}
-    return get_state_dict(model, optimizer, options=FULL)
+    return get_state_dict(model, optimizer, options=full)
 
 
 def load_optimizer_state(model, raw_model, optimizer, state, zero):
     """Load a full-format optimizer state into any mode; every rank passes the whole state."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
     if zero:
         index = {n: i for i, n in enumerate(_zero_names(raw_model, optimizer))}
         groups = [{**g, 'params': [index[n] for n in g['params']]} for g in state['param_groups']]
@@ -100,6 +101,7 @@ def load_optimizer_state(model, raw_model, optimizer, state, zero):
 def save_sharded(model, optimizer, train_state, path, master):
     """Each rank writes its shards into path.tmp; rank 0 adds train_state.pt and renames the folder into place."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
     tmp = path + '.tmp'
     if master and os.path.exists(tmp):
         shutil.rmtree(tmp)
@@ -114,6 +116,7 @@ def save_sharded(model, optimizer, train_state, path, master):
 
 def load_sharded(model, optimizer, path):
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {'model': model_state, 'optimizer': optim_state}
     dcp.load(state, checkpoint_id=path)

@@ -97,6 +97,8 @@ def die(message):
     # every rank reaches the same verdict before any collective, so all exit and none hangs
     if master:
         print(f"error: {message}", file=sys.stderr)
+    else:
+        time.sleep(3)  # torchrun stops every worker once one exits: let rank 0 say why first
     sys.exit(2)
 
 

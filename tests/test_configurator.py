@@ -72,3 +72,23 @@ def test_errors_exit_2_with_one_line(tmp_path):
         assert bad.returncode == 2
         lines = bad.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith('error: ') and 'Traceback' not in bad.stderr
+
+
+def train_config_keys():
+    """The names train.py's configure() accepts: its top-level simple assignments plus the GPTConfig fields."""
+    import ast
+    from model import GPTConfig
+    tree = ast.parse(open(os.path.join(ROOT, 'train.py')).read())
+    keys = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+            if isinstance(t, ast.Name) and isinstance(node.value, ast.Constant)}
+    return keys | set(GPTConfig.__dataclass_fields__)
+
+
+@pytest.mark.parametrize('name', sorted(os.listdir(os.path.join(ROOT, 'config'))))
+def test_every_config_file_uses_known_keys(name):
+    keys = train_config_keys()
+    assert {'max_iters', 'learning_rate', 'arch_preset', 'n_layer', 'parallelism'} <= keys
+    scope = {}
+    exec(open(os.path.join(ROOT, 'config', name)).read(), scope)
+    unknown = {k for k in scope if not k.startswith('_')} - keys
+    assert not unknown, f'{name} sets unknown keys {unknown}'
