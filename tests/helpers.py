@@ -1,5 +1,9 @@
+import contextlib
+import io
 import json
 import os
+import runpy
+import signal
 import subprocess
 import sys
 
@@ -22,16 +26,41 @@ def make_char_dataset(directory, text=None, seed=0):
     return str(directory)
 
 
-def run(script, *args, cwd=ROOT, timeout=300):
-    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'WANDB_MODE': 'offline', 'WANDB_SILENT': 'true'}
-    if os.path.isdir(os.path.join(SHARED, 'tiktoken_cache')):
-        env.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+def run(script, *args, cwd=ROOT, timeout=300, in_process=True):
+    """Run a project script as `python script args...` and return a CompletedProcess.
+
+    In-process by default (runpy, argv patched, output captured): it skips the 2-second torch import of a fresh
+    interpreter. The scripts report every error through sys.exit, so the exit status is the same either way;
+    in_process=False spawns a real interpreter where that difference matters (signals, tracebacks on stderr)."""
+    args = [str(a) for a in args]
+    path = os.path.join(ROOT, script)
+    if not in_process:
+        env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'WANDB_MODE': 'offline', 'WANDB_SILENT': 'true'}
+        return subprocess.run([sys.executable, path, *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout, env=env)
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv, os.getcwd(), signal.getsignal(signal.SIGINT), os.environ.get('WANDB_MODE')
+    sys.argv = [path, *args]
+    os.environ.setdefault('WANDB_MODE', 'offline')
+    os.chdir(cwd)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(path, run_name='__main__')
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+        signal.signal(signal.SIGINT, saved[2])
+        if saved[3] is None:
+            os.environ.pop('WANDB_MODE', None)
+    return subprocess.CompletedProcess([path, *args], code, out.getvalue(), err.getvalue())
 
 
-def train(data_dir, out_dir, *args, check=True):
-    result = run('train.py', f'--data_dir={data_dir}', f'--out_dir={out_dir}', *TINY_MODEL, *args)
+def train(data_dir, out_dir, *args, check=True, in_process=True):
+    result = run('train.py', f'--data_dir={data_dir}', f'--out_dir={out_dir}', *TINY_MODEL, *args,
+                 in_process=in_process)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result

@@ -194,7 +194,9 @@ def test_bad_inputs_fail_cleanly_and_keep_existing_files(data, tmp_path):
     out = tmp_path / 'o'
     train(data, out, '--max_iters=2', '--eval_interval=2')
     snapshot = {n: (out / n).read_bytes() for n in os.listdir(out)}
-    assert 'unknown dataset' in one_error_line(run('train.py', '--dataset=nope', f'--out_dir={out}', '--overwrite=True'))
+    # a real interpreter once, so a traceback on stderr could not hide; the rest run in-process (same exit path)
+    assert 'unknown dataset' in one_error_line(run('train.py', '--dataset=nope', f'--out_dir={out}', '--overwrite=True',
+                                                   in_process=False))
     empty = tmp_path / 'empty'
     empty.mkdir()
     assert 'train.bin is missing' in one_error_line(train(empty, out, '--overwrite=True', check=False))
@@ -215,7 +217,7 @@ def test_bad_inputs_fail_cleanly_and_keep_existing_files(data, tmp_path):
 
 
 def test_sample_bad_inputs(data, tmp_path):
-    assert 'no loadable checkpoint' in one_error_line(run('sample.py', f'--out_dir={tmp_path}'))
+    assert 'no loadable checkpoint' in one_error_line(run('sample.py', f'--out_dir={tmp_path}', in_process=False))
     assert 'not found' in one_error_line(run('sample.py', f'--ckpt={tmp_path}/x.pt'))
 
 
