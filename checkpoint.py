@@ -71,11 +71,12 @@ def _zero_names(raw_model, optimizer):
     return [names[id(p)] for group in optimizer.param_groups for p in group['params']]
 
 
-def full_state(model, raw_model, optimizer, zero):
+def full_state(model, raw_model, optimizers, zero):
     """(model_state, optimizer_state) in the full format; only rank 0's are complete. Collective: all ranks call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
     if zero:
+        [optimizer] = optimizers
         optimizer.consolidate_state_dict(to=0)
         model_state = get_model_state_dict(model, options=full)
         if dist.get_rank() != 0:
@@ -84,21 +85,22 @@ def full_state(model, raw_model, optimizer, zero):
         names = _zero_names(raw_model, optimizer)
         groups = [{**g, 'params': [names[i] for i in g['params']]} for g in by_id['param_groups']]
         return model_state, {'state': {names[i]: s for i, s in by_id['state'].items()}, 'param_groups': groups}
-    return get_state_dict(model, optimizer, options=full)
+    return get_state_dict(model, optimizers, options=full)
 
 
-def load_optimizer_state(model, raw_model, optimizer, state, zero):
+def load_optimizer_state(model, raw_model, optimizers, state, zero):
     """Load a full-format optimizer state into any mode; every rank passes the whole state."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
     if zero:
+        [optimizer] = optimizers
         index = {n: i for i, n in enumerate(_zero_names(raw_model, optimizer))}
         groups = [{**g, 'params': [index[n] for n in g['params']]} for g in state['param_groups']]
         optimizer.load_state_dict({'state': {index[n]: s for n, s in state['state'].items()}, 'param_groups': groups})
     else:
-        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(model, optimizers, state, options=StateDictOptions(full_state_dict=True))
 
 
-def save_sharded(model, optimizer, train_state, path, master):
+def save_sharded(model, optimizers, train_state, path, master):
     """Each rank writes its shards into path.tmp; rank 0 adds train_state.pt and renames the folder into place."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -106,7 +108,7 @@ def save_sharded(model, optimizer, train_state, path, master):
     if master and os.path.exists(tmp):
         shutil.rmtree(tmp)
     dist.barrier()
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, optimizers)
     dcp.save({'model': model_state, 'optimizer': optim_state}, checkpoint_id=tmp)
     if master:
         save(train_state, os.path.join(tmp, 'train_state.pt'))
@@ -114,10 +116,10 @@ def save_sharded(model, optimizer, train_state, path, master):
     dist.barrier()
 
 
-def load_sharded(model, optimizer, path):
+def load_sharded(model, optimizers, path):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, optimizers)
     state = {'model': model_state, 'optimizer': optim_state}
     dcp.load(state, checkpoint_id=path)
-    set_state_dict(model, optimizer, model_state_dict=state['model'], optim_state_dict=state['optimizer'])
+    set_state_dict(model, optimizers, model_state_dict=state['model'], optim_state_dict=state['optimizer'])

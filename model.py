@@ -497,18 +497,33 @@ class GPT(nn.Module):
                                 + 4 * c.n_head * c.head_dim * T)
         return attn, self.flops_per_token(T) - attn - 3 * 2 * c.n_embd * c.vocab_size
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, zero_redundancy=False):
-        # decay matrices (>= 2-D: linears, embeddings, stacked experts), not biases or norm gains
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
-        fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw',
+                             zero_redundancy=False):
+        """A list of optimizers. adamw: one AdamW. muon: torch.optim.Muon for the 2-D weight matrices inside the
+        blocks (attention and FFN projections) plus AdamW for the rest (embeddings, head, norms, biases, router,
+        3-D expert stacks). Weight decay only on >= 2-D weights. zero_redundancy: ZeRO-1 over AdamW."""
+        if optimizer not in ('adamw', 'muon'):
+            raise ValueError(f"optimizer={optimizer!r} is invalid; allowed: adamw, muon")
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        muon = [p for n, p in named if optimizer == 'muon' and p.dim() == 2 and n.startswith('blocks.')
+                and '.router.' not in n]
+        muon_ids = {id(p) for p in muon}
+        rest = [p for _, p in named if id(p) not in muon_ids]
+        groups = [{'params': [p for p in rest if p.dim() >= 2], 'weight_decay': weight_decay},
+                  {'params': [p for p in rest if p.dim() < 2], 'weight_decay': 0.0}]
+        # the fused kernel is one launch for all parameters: faster on GPUs and on CPUs alike
+        fused = device_type in ('cuda', 'cpu') and 'fused' in inspect.signature(torch.optim.AdamW).parameters
         kwargs = dict(lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
         if zero_redundancy:  # ZeRO-1: each rank keeps the AdamW state of its share of the parameters
             from torch.distributed.optim import ZeroRedundancyOptimizer
-            return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **kwargs)
-        return torch.optim.AdamW(groups, **kwargs)
+            optimizers = [ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **kwargs)]
+        else:
+            optimizers = [torch.optim.AdamW(groups, **kwargs)]
+        if muon:
+            # match_rms_adamw scales Muon's orthogonalized update to AdamW's size, so one learning_rate serves both
+            optimizers.append(torch.optim.Muon(muon, lr=learning_rate, weight_decay=weight_decay,
+                                               adjust_lr_fn='match_rms_adamw'))
+        return optimizers
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, use_cache=True):

@@ -13,19 +13,24 @@ import json
 import math
 import os
 import platform
+import resource
 import signal
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, fields
+from statistics import median
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import checkpoint as ckpt_files
 from configurator import configure
+import perf
 from model import GPT, GPTConfig
 from tokenizer import read_meta
 
@@ -34,12 +39,13 @@ from tokenizer import read_meta
 out_dir = 'out'
 eval_interval = 250  # evaluate, and write a checkpoint, every this many iterations
 log_interval = 10
-eval_iters = 50  # batches per split per evaluation
+eval_iters = 50  # batches per split per evaluation; 0 = never evaluate
 eval_only = False  # evaluate the checkpoint picked by init_from/resume_from, then exit
 init_from = 'scratch'  # 'scratch' or 'resume' (newest loadable checkpoint in out_dir)
 resume_from = ''  # a checkpoint path to resume from instead of the newest one
 overwrite = False  # allow a fresh run in an out_dir that holds checkpoints (deletes them)
 keep_last_n = 3  # ckpt_<iter>.pt files kept; best.pt is kept apart
+save_checkpoints = True  # False: write none (benchmarks, sweeps)
 progress = False  # a progress bar when stdout is a terminal
 wandb_log = False
 wandb_project = 'modgpt'
@@ -54,6 +60,7 @@ arch_preset = 'gpt2'
 for _field in fields(GPTConfig):
     globals()[_field.name] = None
 # optimizer and schedule
+optimizer = 'adamw'  # adamw | muon (Muon for the blocks' 2-D matrices, AdamW for the rest; single process or ddp)
 learning_rate = 6e-4
 max_iters = 5000
 weight_decay = 0.1
@@ -74,13 +81,18 @@ checkpoint_format = 'full'  # full: one file any mode and world size loads; shar
 device = 'auto'  # auto (cuda > mps > cpu), or e.g. cpu, cuda, cuda:1, mps
 dtype = 'auto'  # auto (bfloat16 on capable GPUs, float16 on older ones, float32 elsewhere), float32, bfloat16, float16
 compile = False
+compile_mode = 'default'  # default | reduce-overhead | max-autotune
+compile_dynamic = False  # True: compile for varying shapes
+flash_attention = 'auto'  # auto: SDPA picks; require: fail unless FlashAttention runs; off: never FlashAttention
+peak_tflops = None  # the device's peak for MFU; None = datasheet table (GPUs) or a measured matmul (CPU)
 seed = 1337
 # guard-rails
 max_time = None  # seconds of training; then checkpoint and stop
 target_val_loss = None  # stop once the val loss reaches this
 # -----------------------------------------------------------------------------
 config = configure(globals(), types={**{f.name: f.type for f in fields(GPTConfig)}, 'lr_decay_iters': int,
-                                     'min_lr': float, 'max_time': float, 'target_val_loss': float})
+                                     'min_lr': float, 'max_time': float, 'target_val_loss': float,
+                                     'peak_tflops': float})
 ARCH_FIELDS = [f.name for f in fields(GPTConfig)]
 ROOT = os.path.dirname(os.path.abspath(__file__))
 START = time.time()
@@ -114,6 +126,14 @@ if init_from not in ('scratch', 'resume'):
     die(f"init_from={init_from!r} is invalid; allowed: scratch, resume")
 if parallelism not in ('ddp', 'zero1', 'fsdp'):
     die(f"parallelism={parallelism!r} is invalid; allowed: ddp, zero1, fsdp")
+if optimizer not in ('adamw', 'muon'):
+    die(f"optimizer={optimizer!r} is invalid; allowed: adamw, muon")
+if optimizer == 'muon' and distributed and parallelism != 'ddp':
+    die(f"optimizer='muon' needs whole weight matrices: use parallelism='ddp' (not {parallelism!r})")
+if compile_mode not in ('default', 'reduce-overhead', 'max-autotune'):
+    die(f"compile_mode={compile_mode!r} is invalid; allowed: default, reduce-overhead, max-autotune")
+if flash_attention not in ('auto', 'require', 'off'):
+    die(f"flash_attention={flash_attention!r} is invalid; allowed: auto, require, off")
 if checkpoint_format not in ('full', 'sharded'):
     die(f"checkpoint_format={checkpoint_format!r} is invalid; allowed: full, sharded")
 if checkpoint_format == 'sharded' and not (distributed and parallelism == 'fsdp'):
@@ -204,8 +224,59 @@ if distributed:
     dist.init_process_group('nccl' if device_type == 'cuda' else 'gloo')
 ptdtype = getattr(torch, dtype)
 autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
-torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on TF32 tensor cores (and MFU counts TF32 peaks)
 torch.backends.cudnn.allow_tf32 = True
+
+# ---- attention kernel: flash_attention's promise, and which SDPA backend really runs ----
+attention_kernels = {'auto': None, 'require': [SDPBackend.FLASH_ATTENTION],
+                     'off': [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]}[flash_attention]
+attention_context = (lambda: sdpa_kernel(attention_kernels)) if attention_kernels else nullcontext
+if flash_attention == 'require':
+    _hd = model_config.head_dim
+    _why = ('it needs CUDA' if device_type != 'cuda' else
+            'it needs compute capability 8.0 or newer' if torch.cuda.get_device_capability(device) < (8, 0) else
+            f'it needs dtype bfloat16 or float16, not {dtype}' if dtype == 'float32' else
+            "attention_backend is 'manual'" if model_config.attention_backend != 'sdpa' else
+            f'head size {_hd} is not a multiple of 8 up to 256' if _hd % 8 or _hd > 256 else None)
+    if _why:
+        die(f"flash_attention='require' but FlashAttention cannot run here: {_why}")
+
+
+class RecordOps(TorchDispatchMode):
+    """Notes the name of every aten op that runs inside it."""
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def sdpa_backend_in_use():
+    """Run one attention call of the model's shape and name the kernel SDPA dispatched it to."""
+    c = model_config
+    if c.attention_backend == 'manual':
+        return 'manual'
+    T, kind = min(c.block_size, 256), ptdtype if dtype != 'float32' else torch.float32
+    q = torch.randn(1, c.n_head, T, c.head_dim, device=device, dtype=kind)
+    kv = torch.randn(1, c.kv_heads, T, c.head_dim, device=device, dtype=kind)
+    try:
+        with attention_context(), RecordOps() as record:
+            torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=c.kv_heads != c.n_head)
+    except RuntimeError as e:
+        return f'none: {str(e).splitlines()[0]}'
+    ops = ' '.join(record.names)
+    for fragment, name in (('flash_attention_for_cpu', 'flash (CPU kernel)'), ('flash', 'flash'), ('cudnn', 'cudnn'),
+                           ('efficient', 'memory-efficient')):
+        if fragment in ops:
+            return name
+    return 'math'
+
+
+attention_kernel = sdpa_backend_in_use()
+if flash_attention == 'require' and attention_kernel != 'flash':
+    die(f"flash_attention='require' but SDPA does not run FlashAttention for this model ({attention_kernel})")
 
 # ---- model, parallel wrapping, optimizer, state ----
 torch.manual_seed(seed)  # the same initial weights on every rank
@@ -219,21 +290,23 @@ if distributed and parallelism == 'fsdp':
         if dtype == 'bfloat16' else MixedPrecisionPolicy()
     for block_module in raw_model.blocks:
         if compile:
-            block_module.compile()  # per block, before sharding
+            block_module.compile(mode=compile_mode, dynamic=compile_dynamic)  # per block, before sharding
         fully_shard(block_module, mp_policy=mp_policy, reshard_after_forward=fsdp_reshard_after_forward)
     model = fully_shard(raw_model, mp_policy=mp_policy, reshard_after_forward=fsdp_reshard_after_forward)
 else:
     if compile:
-        raw_model.compile()  # in place: state_dict keys stay free of _orig_mod.
+        raw_model.compile(mode=compile_mode, dynamic=compile_dynamic)  # in place: no _orig_mod. in state_dict keys
     model = DDP(raw_model, device_ids=[local_rank] if device_type == 'cuda' else None) if distributed else raw_model
-optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, zero)
+optimizers = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, optimizer, zero)
+for _group in (g for opt in optimizers for g in opt.param_groups):
+    _group['base_lr'] = _group['lr']  # the schedule scales every group's own learning rate
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 iter_num, best_val_loss, tokens_seen = 0, float('inf'), 0
 if checkpoint is not None:
     if 'sharded' in checkpoint:
-        ckpt_files.load_sharded(model, optimizer, checkpoint['sharded'])
+        ckpt_files.load_sharded(model, optimizers, checkpoint['sharded'])
     else:
-        ckpt_files.load_optimizer_state(model, raw_model, optimizer, checkpoint['optimizer'], zero)
+        ckpt_files.load_optimizer_state(model, raw_model, optimizers, checkpoint['optimizer'], zero)
     if 'scaler' in checkpoint:
         scaler.load_state_dict(checkpoint['scaler'])
     iter_num, best_val_loss, tokens_seen = checkpoint['iter_num'], checkpoint['best_val_loss'], checkpoint['tokens_seen']
@@ -242,6 +315,14 @@ if master:
     for path in stale_files:
         ckpt_files.remove(path)
 tokens_per_iter = gradient_accumulation_steps * batch_size * block
+
+# ---- MFU: the model's FLOPs per token (as torch's FLOP counter counts them) against the device's peak ----
+device_name = torch.cuda.get_device_name(device) if device_type == 'cuda' else platform.processor() or device_type
+peak, peak_source = perf.peak_tflops(device_type, device_name, dtype, peak_tflops)
+if peak is None:
+    say(f"warning: {peak_source}")
+flops_per_token = raw_model.flops_per_token()
+attention_flops, ffn_flops = raw_model.flops_breakdown()
 
 
 def get_batch(split, rng):
@@ -277,7 +358,7 @@ def estimate_loss():
         for k in range(rank, math.ceil(eval_iters / world_size) * world_size, world_size):
             # every rank runs the same number of forwards (FSDP's all-gathers need all of them); extras count 0
             x, y = get_batch(split, np.random.default_rng([seed, 1, split_id, k % eval_iters]))
-            with autocast:
+            with autocast, attention_context():
                 model(x, y)
             total += raw_model.ce_loss.item() if k < eval_iters else 0.0
         out[split] = all_reduce_sum([total])[0] / eval_iters
@@ -316,8 +397,8 @@ def local_bytes(tensors):
 
 def memory_report():
     params = list(raw_model.parameters())
-    local_optimizer = optimizer.optim if zero else optimizer  # ZeRO-1 wraps the AdamW holding this rank's share
-    states = [v for s in local_optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
+    local = [optimizers[0].optim] if zero else optimizers  # ZeRO-1 wraps the AdamW holding this rank's share
+    states = [v for opt in local for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
     return {'parameter_bytes': local_bytes(params), 'gradient_bytes': local_bytes(params),
             'optimizer_bytes': local_bytes(states)}
 
@@ -332,7 +413,10 @@ run_log = {
         'model_args': asdict(model_config),
         'parameters': {'total': raw_model.get_num_params(non_embedding=False),
                        'non_embedding': raw_model.get_num_params(non_embedding=True)},
-        'flops_per_token': raw_model.flops_per_token(),
+        'flops_per_token': flops_per_token,
+        'attention_to_ffn_flops': attention_flops / ffn_flops,
+        'device_name': device_name, 'peak_tflops': peak, 'peak_source': peak_source,
+        'attention_kernel': attention_kernel,
         'tokens_per_iter': tokens_per_iter,
         'device': device, 'dtype': dtype, 'compile': compile,
         'world_size': world_size, 'parallelism': parallelism if distributed else 'single',
@@ -345,7 +429,8 @@ run_log = {
     },
     'training_iterations': [], 'eval_steps': [], 'checkpoints': [], 'summary': {},
 }
-CSV_FIELDS = ['iter', 'loss', 'aux_loss', 'lr', 'grad_norm', 'time_ms', 'tokens_per_sec', 'tokens_seen']
+CSV_FIELDS = ['iter', 'loss', 'aux_loss', 'lr', 'grad_norm', 'time_ms', 'tokens_per_sec', 'tokens_seen', 'mfu',
+              'achieved_tflops', 'peak_memory_mb']
 csv_path = os.path.join(out_dir, 'metrics.csv')
 if master:
     os.makedirs(out_dir, exist_ok=True)
@@ -385,9 +470,9 @@ def save_checkpoint(reason):
     path = os.path.join(out_dir, f'ckpt_{iter_num}')
     ckpt = None
     if checkpoint_format == 'sharded':
-        ckpt_files.save_sharded(model, optimizer, train_state, path, master)
+        ckpt_files.save_sharded(model, optimizers, train_state, path, master)
     else:
-        model_state, optim_state = ckpt_files.full_state(model, raw_model, optimizer, zero)
+        model_state, optim_state = ckpt_files.full_state(model, raw_model, optimizers, zero)
         path += '.pt'
         if master:
             ckpt = {'model': model_state, 'optimizer': optim_state, **train_state}
@@ -401,9 +486,14 @@ def save_checkpoint(reason):
 
 
 def finish(reason, status=0):
+    timed = [e for e in run_log['training_iterations'] if not e.get('warmup')]
     run_log['summary'] = {'best_val_loss': best_val_loss if best_val_loss < float('inf') else None,
                           'total_time_s': round(time.time() - START, 3), 'tokens_seen': tokens_seen,
-                          'iterations': iter_num, 'stop_reason': reason}
+                          'iterations': iter_num, 'stop_reason': reason,
+                          # medians over log lines, the warm-up step excluded
+                          'median_time_ms': median(e['time_ms'] for e in timed) if timed else None,
+                          'median_tokens_per_sec': median(e['tokens_per_sec'] for e in timed) if timed else None,
+                          'median_mfu': median(e['mfu'] for e in timed) if timed and peak else None}
     write_run_log()
     if wandb_log and master:
         wandb.finish()
@@ -433,9 +523,13 @@ if eval_only:
 
 say(f"model {model_config.architecture_name()}: {raw_model.get_num_params() / 1e6:.2f}M non-embedding parameters "
     f"({raw_model.get_num_params(False) / 1e6:.2f}M total)")
-say(f"device {device}, {dtype}, compile={compile}; {tokens_per_iter:,} tokens per iteration "
-    f"({gradient_accumulation_steps} x {batch_size} x {block}); "
+say(f"device {device} ({device_name}), {dtype}, compile={compile}, attention: {attention_kernel}; "
     + (f"{world_size} ranks, {parallelism}" if distributed else "single process"))
+say(f"{tokens_per_iter:,} tokens per iteration ({gradient_accumulation_steps} x {batch_size} x {block}); "
+    f"{flops_per_token / 1e6:,.2f} MFLOPs per token, attention:FFN FLOPs {attention_flops / ffn_flops:.2f}")
+if peak:
+    say(f"peak {peak:,.1f} TFLOP/s per device ({peak_source}): 50% MFU would be "
+        f"{0.5 * peak * 1e12 * world_size / flops_per_token:,.0f} tokens/s")
 write_run_log()
 
 # ---- training loop ----
@@ -450,16 +544,32 @@ def on_sigint(signum, frame):
     say("\ninterrupted: finishing this iteration, then checkpointing")
 
 
+def train_batch(iteration, micro_step):
+    """(x, y, dropout seed) of one global micro-step: a pure function of (seed, iteration, micro-step)."""
+    rng = batch_rng(iteration, micro_step)
+    x, y = get_batch('train', rng)
+    return x, y, int(rng.integers(2 ** 62))
+
+
+def peak_memory_mb():
+    """Peak allocated device memory since the last call (CUDA), or the process's peak resident memory (CPU)."""
+    if device_type == 'cuda':
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 signal.signal(signal.SIGINT, on_sigint)
 loss_sum = aux_sum = torch.zeros((), device=device, dtype=torch.float64)  # fp64: exact for any summation order
-iters_since_log, grad_norm, stop = 0, torch.zeros(()), None
+iters_since_log, timed_iters, grad_norm, stop, warmup_s = 0, 0, torch.zeros(()), None, None
+next_batch = train_batch(iter_num, rank)
 t_log = train_start = time.time()
 while True:
-    # stop requests (Ctrl-C, max_time) are agreed on at log lines, where ranks synchronise anyway
     if iter_num >= max_iters:
         stop = 'max_iters'
-    evaluate = iter_num % eval_interval == 0 and not (iter_num == start_iter and checkpoint is not None)
-    if evaluate or (stop in ('max_iters', 'max_time') and iter_num != start_iter):
+    evaluate = eval_iters and iter_num % eval_interval == 0 and not (iter_num == start_iter and checkpoint is not None)
+    if evaluate or (eval_iters and stop in ('max_iters', 'max_time') and iter_num != start_iter):
         losses = estimate_loss()
         say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         run_log['eval_steps'].append({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
@@ -471,51 +581,62 @@ while True:
             stop_non_finite(losses['val'])
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
-        if iter_num > start_iter:
+        if iter_num > start_iter and save_checkpoints:
             ckpt = save_checkpoint(stop or 'eval')
             if improved and ckpt is not None:
                 ckpt_files.save(ckpt, os.path.join(out_dir, 'best.pt'))
         write_run_log()
         if target_val_loss is not None and losses['val'] <= target_val_loss and stop is None:
             stop = 'target_val_loss'
-        t_log = time.time()  # evaluation and checkpoint time stay out of the throughput figures
+        t_log, timed_iters = time.time(), 0  # evaluation and checkpoint time stay out of the throughput figures
     if stop:
-        if stop == 'interrupted' and last_saved != iter_num:
-            save_checkpoint('interrupted')
+        if last_saved != iter_num and save_checkpoints:
+            save_checkpoint(stop)
         finish(stop, 130 if stop == 'interrupted' else 0)
 
-    lr = get_lr(iter_num)
-    for group in optimizer.param_groups:
-        group['lr'] = lr
+    lr_scale = get_lr(iter_num) / learning_rate if learning_rate else 0.0
+    for group in (g for opt in optimizers for g in opt.param_groups):
+        group['lr'] = group['base_lr'] * lr_scale
     for j in range(local_accumulation):
         micro_step = rank + j * world_size  # rank r takes global micro-steps r, r+W, r+2W, ...
         last = j == local_accumulation - 1
-        rng = batch_rng(iter_num, micro_step)
-        x, y = get_batch('train', rng)
-        torch.manual_seed(int(rng.integers(2 ** 62)))  # dropout masks follow the micro-step, not the rank
+        x, y, dropout_seed = next_batch
+        torch.manual_seed(dropout_seed)  # dropout masks follow the micro-step, not the rank
         if distributed and parallelism == 'fsdp':
             model.set_requires_gradient_sync(last)  # reduce-scatter gradients only after the last micro-step
         elif distributed:
             model.require_backward_grad_sync = last  # DDP: all-reduce only after the last micro-step
-        with autocast:
+        with autocast, attention_context():
             _, loss = model(x, y)
+        # fetch the next micro-batch while the device computes this one
+        next_batch = train_batch(iter_num, micro_step + world_size) if not last else train_batch(iter_num + 1, rank)
         loss_sum = loss_sum + raw_model.ce_loss
         if raw_model.aux_loss is not None:
             aux_sum = aux_sum + raw_model.aux_loss
         scaler.scale(loss / local_accumulation).backward()  # ranks average, so each micro-step weighs 1/G
     if grad_clip:
-        scaler.unscale_(optimizer)
+        for opt in optimizers:
+            scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)  # the global norm, also for FSDP
-    scaler.step(optimizer)
+    for opt in optimizers:
+        scaler.step(opt)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
     iter_num += 1
     iters_since_log += 1
+    timed_iters += 1
     tokens_seen += tokens_per_iter
-    if run_log['startup_info']['memory_per_rank'] is None:
+    if warmup_s is None:  # the first step (compilation, allocator warm-up) is reported apart from throughput
+        if device_type == 'cuda':
+            torch.cuda.synchronize()
+        warmup_s = time.time() - t_log
+        run_log['startup_info']['warmup_s'] = round(warmup_s, 3)
         run_log['startup_info']['memory_per_rank'] = memory_report()
-        say("memory per rank: " + ', '.join(f"{k.replace('_bytes', '')} {v / 2 ** 20:.2f} MiB"
-                                            for k, v in run_log['startup_info']['memory_per_rank'].items()))
+        say(f"first step {warmup_s:.2f} s{' (compilation included)' if compile else ''}; memory per rank: "
+            + ', '.join(f"{k.replace('_bytes', '')} {v / 2 ** 20:.2f} MiB"
+                        for k, v in run_log['startup_info']['memory_per_rank'].items()))
+        t_log, timed_iters = time.time(), 0
 
     at_log = iter_num % log_interval == 0 or iter_num == max_iters
     time_up = max_time is not None and time.time() - train_start >= max_time
@@ -532,12 +653,17 @@ while True:
         mean_loss = total_loss / (iters_since_log * gradient_accumulation_steps)
         mean_aux = total_aux / (iters_since_log * gradient_accumulation_steps) if model_config.n_expert else None
         if device_type == 'cuda':
-            torch.cuda.synchronize()
-        dt = (time.time() - t_log) / iters_since_log
+            torch.cuda.synchronize()  # the clock must not run ahead of the device
+        warm = timed_iters == 0  # only the warm-up step since the last line: its time is all there is
+        dt = warmup_s if warm else (time.time() - t_log) / timed_iters
+        tokens_per_sec = tokens_per_iter / dt
         norm = grad_norm.full_tensor() if hasattr(grad_norm, 'full_tensor') else grad_norm
-        entry = {'iter': iter_num, 'loss': mean_loss, 'aux_loss': mean_aux, 'lr': lr,
+        entry = {'iter': iter_num, 'loss': mean_loss, 'aux_loss': mean_aux, 'lr': get_lr(iter_num - 1),
                  'grad_norm': float(norm) if grad_clip else None, 'time_ms': dt * 1000,
-                 'tokens_per_sec': tokens_per_iter / dt, 'tokens_seen': tokens_seen}
+                 'tokens_per_sec': tokens_per_sec, 'tokens_seen': tokens_seen, 'warmup': warm,
+                 'mfu': perf.mfu(flops_per_token, tokens_per_sec, peak, world_size),
+                 'achieved_tflops': flops_per_token * tokens_per_sec / world_size / 1e12,
+                 'flops_per_token': flops_per_token, 'peak_memory_mb': peak_memory_mb()}
         run_log['training_iterations'].append(entry)
         if not math.isfinite(mean_loss):
             stop_non_finite(mean_loss)
@@ -547,12 +673,12 @@ while True:
             if wandb_log:
                 wandb.log({k: v for k, v in entry.items() if v is not None}, step=iter_num)
         write_run_log()
-        line = (f"iter {iter_num}: loss {mean_loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
-                f"{tokens_per_iter / dt:,.0f} tok/s")
+        line = (f"iter {iter_num}: loss {mean_loss:.4f}, lr {entry['lr']:.2e}, {dt * 1000:.1f} ms/iter, "
+                f"{tokens_per_sec:,.0f} tok/s" + (f", MFU {entry['mfu']:.1%}" if entry['mfu'] is not None else ''))
         if progress and sys.stdout.isatty():
             done = int(30 * iter_num / max_iters)
             say(f"\r[{'#' * done}{'.' * (30 - done)}] {line}", end='', flush=True)
         else:
             say(line)
         loss_sum = aux_sum = torch.zeros((), device=device, dtype=torch.float64)
-        iters_since_log, t_log = 0, time.time()
+        iters_since_log, timed_iters, t_log = 0, 0, time.time()

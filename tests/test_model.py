@@ -392,11 +392,24 @@ def test_presets_and_overrides():
 
 def test_configure_optimizers_decays_only_matrices():
     model = GPT(_preset('moe', bias=True))
-    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
+    [opt] = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
     decay, no_decay = opt.param_groups
     assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
     assert all(p.dim() >= 2 for p in decay['params']) and all(p.dim() < 2 for p in no_decay['params'])
     assert len(decay['params']) + len(no_decay['params']) == len(list(model.parameters()))
+
+
+def test_muon_takes_the_block_matrices():
+    model = GPT(_preset('llama'))
+    adamw, muon = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', optimizer='muon')
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon_names = {names[id(p)] for p in muon.param_groups[0]['params']}
+    assert muon_names == {n for n, p in model.named_parameters() if p.dim() == 2 and n.startswith('blocks.')}
+    adamw_names = {names[id(p)] for g in adamw.param_groups for p in g['params']}
+    assert {'wte.weight', 'lm_head.weight', 'norm_f.weight'} <= adamw_names and not adamw_names & muon_names
+    with pytest.raises(ValueError, match="optimizer='sgd'"):
+        model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', optimizer='sgd')
 
 
 def test_expert_fractions_sum_to_one():

@@ -1,0 +1,141 @@
+import json
+import os
+
+import pytest
+import torch
+
+import perf
+from helpers import ROOT, iteration_losses, make_char_dataset, run, run_logs, train
+from model import GPT, GPTConfig, MoE
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    return make_char_dataset(tmp_path_factory.mktemp('data'))
+
+
+@pytest.mark.parametrize('name,dtype,expected', [
+    ('NVIDIA H100 80GB HBM3', 'bfloat16', 989.4), ('NVIDIA H100 80GB HBM3', 'float32', 494.7),
+    ('NVIDIA H100 PCIe', 'bfloat16', 756.0), ('NVIDIA H100 NVL', 'float16', 835.0), ('NVIDIA H200', 'bfloat16', 989.4),
+    ('NVIDIA B200', 'bfloat16', 2250.0), ('NVIDIA A100-SXM4-80GB', 'bfloat16', 312.0),
+    ('NVIDIA A100-PCIE-40GB', 'float32', 156.0), ('NVIDIA A10G', 'bfloat16', 125.0), ('NVIDIA L40S', 'bfloat16', 362.05),
+    ('NVIDIA L4', 'bfloat16', 121.0), ('NVIDIA GeForce RTX 4090', 'bfloat16', 165.2),
+    ('NVIDIA GeForce RTX 3090', 'bfloat16', 71.0), ('NVIDIA GeForce RTX 3060', 'float16', 25.6),
+    ('Tesla V100-SXM2-16GB', 'float16', 125.0), ('Tesla V100-SXM2-16GB', 'float32', 15.7),
+])
+def test_gpu_peak_lookup(name, dtype, expected):
+    assert perf.gpu_peak_tflops(name, dtype) == expected
+    assert perf.peak_tflops('cuda', name, dtype) == (expected, 'datasheet')
+
+
+def test_unknown_gpu_and_override():
+    peak, why = perf.peak_tflops('cuda', 'Imaginary GPU 9000', 'bfloat16')
+    assert peak is None and 'unknown GPU' in why and 'peak_tflops' in why
+    assert perf.peak_tflops('cuda', 'Imaginary GPU 9000', 'bfloat16', override=123.0) == (123.0, 'peak_tflops setting')
+    assert perf.peak_tflops('cuda', 'NVIDIA H100 80GB HBM3', 'bfloat16', override=500)[0] == 500.0
+    assert perf.peak_tflops('mps', 'mps', 'float32')[0] is None
+
+
+def test_cpu_peak_is_measured_and_mfu_arithmetic():
+    peak, why = perf.peak_tflops('cpu', 'cpu', 'float32')
+    assert 0.001 < peak < 100 and why == 'measured float32 matmul'
+    assert perf.mfu(6e9, 1000, 100.0, world_size=2) == pytest.approx(0.03)  # 6e12 FLOP/s over 2 x 100 TFLOP/s
+    assert perf.mfu(6e9, 1000, None) is None
+
+
+def test_training_logs_mfu_fields(data, tmp_path):
+    train(data, tmp_path / 'o', '--max_iters=4', '--log_interval=2', '--eval_interval=4', '--peak_tflops=0.5')
+    log = run_logs(tmp_path / 'o')[0]
+    info = log['startup_info']
+    assert info['peak_tflops'] == 0.5 and info['peak_source'] == 'peak_tflops setting'
+    assert info['attention_kernel'] in ('flash (CPU kernel)', 'math') and info['warmup_s'] > 0
+    for e in log['training_iterations']:
+        assert e['flops_per_token'] == info['flops_per_token']
+        assert e['achieved_tflops'] == pytest.approx(e['flops_per_token'] * e['tokens_per_sec'] / 1e12)
+        assert e['mfu'] == pytest.approx(e['achieved_tflops'] / 0.5)
+    assert log['summary']['median_mfu'] > 0 and log['summary']['median_time_ms'] > 0
+
+
+def test_flash_attention_require_fails_clearly_on_cpu(data, tmp_path):
+    r = train(data, tmp_path / 'o', '--flash_attention=require', check=False)
+    assert r.returncode == 2 and "flash_attention='require'" in r.stderr and 'needs CUDA' in r.stderr
+    train(data, tmp_path / 'p', '--flash_attention=off', '--max_iters=1', '--eval_iters=0')
+    assert run_logs(tmp_path / 'p')[0]['startup_info']['attention_kernel'] == 'math'
+
+
+def test_compiled_run_checkpoint_reloads_uncompiled(data, tmp_path):
+    args = ['--max_iters=2', '--eval_iters=0', '--n_layer=1', '--log_interval=1']
+    train(data, tmp_path / 'compiled', *args, '--compile=True')
+    train(data, tmp_path / 'eager', *args)
+    a = torch.load(tmp_path / 'compiled' / 'ckpt_2.pt', weights_only=True)
+    b = torch.load(tmp_path / 'eager' / 'ckpt_2.pt', weights_only=True)
+    assert list(a['model']) == list(b['model'])  # the same keys: no _orig_mod. prefixes
+    models = []
+    for ckpt in (a, b):
+        model = GPT(GPTConfig(**ckpt['model_args']))
+        model.load_state_dict(ckpt['model'])  # strict
+        models.append(model.eval())
+    idx = torch.randint(0, 12, (2, 16))
+    torch.testing.assert_close(models[0](idx)[0], models[1](idx)[0], atol=1e-4, rtol=1e-4)
+    compiled, eager = iteration_losses(tmp_path / 'compiled'), iteration_losses(tmp_path / 'eager')
+    assert compiled[1] == pytest.approx(eager[1], abs=1e-5) and compiled[2] == pytest.approx(eager[2], abs=1e-4)
+
+
+def test_muon_trains(tmp_path):
+    data = make_char_dataset(tmp_path / 'd', text='the quick brown fox jumps over the lazy dog. ' * 16)
+    train(data, tmp_path / 'o', '--optimizer=muon', '--max_iters=30', '--learning_rate=1e-2', '--warmup_iters=2',
+          '--log_interval=1', '--eval_interval=30')
+    losses = iteration_losses(tmp_path / 'o')
+    assert losses[30] < 0.5 * losses[1]
+    ck = torch.load(tmp_path / 'o' / 'ckpt_30.pt', weights_only=True)  # both optimizers' state, by parameter name
+    assert 'blocks.0.attn.c_attn.weight' in ck['optimizer']['state'] and 'wte.weight' in ck['optimizer']['state']
+    train(data, tmp_path / 'o', '--optimizer=muon', '--max_iters=31', '--init_from=resume', '--eval_interval=31')
+
+
+@pytest.mark.parametrize('ffn_type', ['standard', 'swiglu'])
+def test_moe_grouped_dispatch_equals_per_token_reference(ffn_type):
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, ffn_hidden=12, ffn_type=ffn_type, bias=True, n_expert=4,
+                    n_expert_per_token=2)
+    moe = MoE(cfg).double()
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(3, 5, 8, dtype=torch.double, requires_grad=True)
+    out, _ = moe(x)
+
+    def expert(t, e):  # one token through one expert, written out by hand
+        up = moe.w_up[e] @ t + moe.b_up[e]
+        if ffn_type == 'standard':
+            h = torch.nn.functional.gelu(up, approximate='tanh')
+        else:
+            h = torch.nn.functional.silu(moe.w_gate[e] @ t + moe.b_gate[e]) * up
+        return moe.w_down[e] @ h + moe.b_down[e]
+    rows = []
+    for t in x.reshape(-1, 8):
+        probs = torch.softmax(moe.router.weight @ t, dim=-1)
+        weights, chosen = probs.topk(2)
+        weights = weights / weights.sum()
+        rows.append(sum(w * expert(t, int(e)) for w, e in zip(weights, chosen)))
+    reference = torch.stack(rows).view(3, 5, 8)
+    torch.testing.assert_close(out, reference)
+    grads = torch.autograd.grad(out.square().sum(), [x, *moe.parameters()])
+    ref_grads = torch.autograd.grad(reference.square().sum(), [x, *moe.parameters()])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+
+
+def test_bench_runs_two_iterations(tmp_path):
+    r = run('bench/bench.py', 'llama', 'config/preset_quick_test.py', '--iters=2', '--n_layer=1', '--n_embd=32',
+            '--n_head=2', '--n_kv_head=1', '--block_size=16', '--batch_size=2', '--vocab_size=100',
+            f'--results_dir={tmp_path}')
+    assert r.returncode == 0, r.stdout + r.stderr
+    [name] = os.listdir(tmp_path)
+    record = json.load(open(tmp_path / name))
+    assert record['torch'] == torch.__version__ and record['git_commit'] and len(record['rows']) == 2
+    for row in record['rows']:
+        assert row['ms_per_iter'] > 0 and row['tokens_per_sec'] > 0 and row['mfu'] > 0 and row['peak_memory_mb'] > 0
+        assert row['timed_iters'] == 1
+    assert 'ms/iter' in r.stdout and 'llama' in r.stdout
+    bad = run('bench/bench.py', 'gpt5')
+    assert bad.returncode == 2 and 'neither a config file nor a preset' in bad.stderr
