@@ -353,12 +353,10 @@ class MoE(nn.Module):
         order = flat_expert.argsort(stable=True)
         token = order // k  # the token each sorted slot comes from
         xs = x[token]
-        outs = []
-        for e, xe in enumerate(xs.split(counts.tolist())):
-            def p(t):
-                return None if t is None else t[e]
-            outs.append(ffn(xe, c, self.w_up[e], p(self.b_up), p(self.w_gate), p(self.b_gate),
-                            self.w_down[e], p(self.b_down)))
+        # unbind once: indexing w[e] per expert would make backward build a full-size zero gradient per expert
+        per_expert = [t.unbind(0) if t is not None else [None] * c.n_expert
+                      for t in (self.w_up, self.b_up, self.w_gate, self.b_gate, self.w_down, self.b_down)]
+        outs = [ffn(xe, c, *(w[e] for w in per_expert)) for e, xe in enumerate(xs.split(counts.tolist()))]
         ys = torch.cat(outs) * flat_weight[order].unsqueeze(-1)
         return torch.zeros_like(x).index_add_(0, token, ys)
 

@@ -13,13 +13,12 @@ import json
 import math
 import os
 import platform
-import resource
 import signal
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, fields
-from statistics import median
+import statistics
 
 import numpy as np
 import torch
@@ -30,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import checkpoint as ckpt_files
 from configurator import configure
+import monitor
 import perf
 from model import GPT, GPTConfig
 from tokenizer import read_meta
@@ -47,6 +47,9 @@ overwrite = False  # allow a fresh run in an out_dir that holds checkpoints (del
 keep_last_n = 3  # ckpt_<iter>.pt files kept; best.pt is kept apart
 save_checkpoints = True  # False: write none (benchmarks, sweeps)
 progress = False  # a progress bar when stdout is a terminal
+grad_stats_interval = 100  # per-layer gradient norms and update/weight ratios every this many iterations (at log lines)
+loss_window = 100  # iterations over which the logged loss variance is taken
+profile = False  # record a torch.profiler trace of iterations 3-5 into out_dir (open it in chrome://tracing or Perfetto)
 wandb_log = False
 wandb_project = 'modgpt'
 wandb_run_name = ''
@@ -341,11 +344,10 @@ def batch_rng(iteration, micro_step):
     return np.random.default_rng([seed, 0, iteration, micro_step])
 
 
-def all_reduce_sum(values):
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def sum_over_ranks(t):
     if distributed:
         dist.all_reduce(t)
-    return t.tolist()
+    return t
 
 
 @torch.no_grad()
@@ -361,7 +363,7 @@ def estimate_loss():
             with autocast, attention_context():
                 model(x, y)
             total += raw_model.ce_loss.item() if k < eval_iters else 0.0
-        out[split] = all_reduce_sum([total])[0] / eval_iters
+        out[split] = sum_over_ranks(torch.tensor([total], dtype=torch.float64, device=device)).item() / eval_iters
     model.train()
     return out
 
@@ -412,25 +414,35 @@ run_log = {
         'architecture': model_config.architecture_name(),
         'model_args': asdict(model_config),
         'parameters': {'total': raw_model.get_num_params(non_embedding=False),
+                       'trainable': sum(p.numel() for p in raw_model.parameters() if p.requires_grad),
                        'non_embedding': raw_model.get_num_params(non_embedding=True)},
-        'flops_per_token': flops_per_token,
-        'attention_to_ffn_flops': attention_flops / ffn_flops,
-        'device_name': device_name, 'peak_tflops': peak, 'peak_source': peak_source,
-        'attention_kernel': attention_kernel,
-        'tokens_per_iter': tokens_per_iter,
-        'device': device, 'dtype': dtype, 'compile': compile,
-        'world_size': world_size, 'parallelism': parallelism if distributed else 'single',
+        'model': {'n_layer': model_config.n_layer, 'n_head': model_config.n_head, 'n_kv_head': model_config.kv_heads,
+                  'n_embd': model_config.n_embd, 'ffn_hidden': model_config.ffn_hidden_size,
+                  'block_size': block, 'vocab_size': model_config.vocab_size},
+        'training': {'micro_batch': batch_size, 'gradient_accumulation_steps': gradient_accumulation_steps,
+                     'effective_batch': batch_size * gradient_accumulation_steps, 'tokens_per_iter': tokens_per_iter},
+        'hardware': {'device': device, 'device_name': device_name, 'world_size': world_size,
+                     'parallelism': parallelism if distributed else 'single',
+                     'device_memory_gb': torch.cuda.get_device_properties(device).total_memory / 1e9
+                     if device_type == 'cuda' else os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1e9,
+                     'dtype': dtype, 'compile': compile, 'attention_kernel': attention_kernel},
+        'performance': {'flops_per_token': flops_per_token, 'attention_to_ffn_flops': attention_flops / ffn_flops,
+                        'peak_tflops': peak, 'peak_source': peak_source,
+                        'tokens_per_sec_at_50_mfu': 0.5 * peak * 1e12 * world_size / flops_per_token if peak else None},
         'memory_per_rank': None,  # filled in after the first step, once the optimizer state exists
-        'versions': {'python': platform.python_version(), 'torch': torch.__version__, 'numpy': np.__version__},
+        'warmup_s': None,
+        **monitor.reproducibility_info(device_type),
+        'seed': seed,
         'dataset': {'dir': data_dir, **{k: meta.get(k) for k in ('vocab_size', 'train_tokens', 'val_tokens',
                                                                   'source', 'source_sha256')}},
-        'command': ' '.join(sys.argv),
+        'command': ' '.join([sys.executable, *sys.argv]),
         'resumed_from': {'iter': start_iter} if checkpoint is not None else None,
     },
     'training_iterations': [], 'eval_steps': [], 'checkpoints': [], 'summary': {},
 }
-CSV_FIELDS = ['iter', 'loss', 'aux_loss', 'lr', 'grad_norm', 'time_ms', 'tokens_per_sec', 'tokens_seen', 'mfu',
-              'achieved_tflops', 'peak_memory_mb']
+CSV_FIELDS = ['iter', 'loss', 'loss_variance', 'aux_loss', 'lr', 'grad_norm', 'grad_clipped', 'grad_mean', 'grad_std',
+              'grad_non_finite', 'time_ms', 'tokens_per_sec', 'tokens_seen', 'mfu', 'achieved_tflops',
+              'memory_allocated_mb', 'memory_peak_mb', 'memory_reserved_mb']
 csv_path = os.path.join(out_dir, 'metrics.csv')
 if master:
     os.makedirs(out_dir, exist_ok=True)
@@ -491,9 +503,9 @@ def finish(reason, status=0):
                           'total_time_s': round(time.time() - START, 3), 'tokens_seen': tokens_seen,
                           'iterations': iter_num, 'stop_reason': reason,
                           # medians over log lines, the warm-up step excluded
-                          'median_time_ms': median(e['time_ms'] for e in timed) if timed else None,
-                          'median_tokens_per_sec': median(e['tokens_per_sec'] for e in timed) if timed else None,
-                          'median_mfu': median(e['mfu'] for e in timed) if timed and peak else None}
+                          'median_time_ms': statistics.median(e['time_ms'] for e in timed) if timed else None,
+                          'median_tokens_per_sec': statistics.median(e['tokens_per_sec'] for e in timed) if timed else None,
+                          'median_mfu': statistics.median(e['mfu'] for e in timed) if timed and peak else None}
     write_run_log()
     if wandb_log and master:
         wandb.finish()
@@ -521,15 +533,7 @@ if eval_only:
                                   'eval': result})
     finish('eval_only')
 
-say(f"model {model_config.architecture_name()}: {raw_model.get_num_params() / 1e6:.2f}M non-embedding parameters "
-    f"({raw_model.get_num_params(False) / 1e6:.2f}M total)")
-say(f"device {device} ({device_name}), {dtype}, compile={compile}, attention: {attention_kernel}; "
-    + (f"{world_size} ranks, {parallelism}" if distributed else "single process"))
-say(f"{tokens_per_iter:,} tokens per iteration ({gradient_accumulation_steps} x {batch_size} x {block}); "
-    f"{flops_per_token / 1e6:,.2f} MFLOPs per token, attention:FFN FLOPs {attention_flops / ffn_flops:.2f}")
-if peak:
-    say(f"peak {peak:,.1f} TFLOP/s per device ({peak_source}): 50% MFU would be "
-        f"{0.5 * peak * 1e12 * world_size / flops_per_token:,.0f} tokens/s")
+say(monitor.startup_report(run_log['startup_info']))
 write_run_log()
 
 # ---- training loop ----
@@ -551,19 +555,25 @@ def train_batch(iteration, micro_step):
     return x, y, int(rng.integers(2 ** 62))
 
 
-def peak_memory_mb():
-    """Peak allocated device memory since the last call (CUDA), or the process's peak resident memory (CPU)."""
-    if device_type == 'cuda':
-        peak = torch.cuda.max_memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return peak / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def sum_over_shards(t):  # FSDP ranks hold different shards; DDP/ZeRO-1 ranks hold the same full gradients
+    return sum_over_ranks(t) if parallelism == 'fsdp' else t
+
+
+def zeros():
+    return torch.zeros((), device=device, dtype=torch.float64)  # fp64: sums exact in any order
 
 
 signal.signal(signal.SIGINT, on_sigint)
-loss_sum = aux_sum = torch.zeros((), device=device, dtype=torch.float64)  # fp64: exact for any summation order
-iters_since_log, timed_iters, grad_norm, stop, warmup_s = 0, 0, torch.zeros(()), None, None
+iteration_losses, aux_sum, recent_losses, expert_sum = [], zeros(), [], None
+timed_iters, grad_norm, stop, warmup_s, stats = 0, torch.zeros(()), None, None, {}
 next_batch = train_batch(iter_num, rank)
+profiler = None
+if profile:
+    profiler = torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device_type == 'cuda' else []),
+        schedule=torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1),
+        on_trace_ready=lambda p: p.export_chrome_trace(os.path.join(out_dir, f'profile_trace_rank{rank}.json')))
+    profiler.start()
 t_log = train_start = time.time()
 while True:
     if iter_num >= max_iters:
@@ -594,9 +604,12 @@ while True:
             save_checkpoint(stop)
         finish(stop, 130 if stop == 'interrupted' else 0)
 
+    will_log = (iter_num + 1) % log_interval == 0 or iter_num + 1 == max_iters
+    layer_stats = will_log and (iter_num + 1) % grad_stats_interval == 0
     lr_scale = get_lr(iter_num) / learning_rate if learning_rate else 0.0
     for group in (g for opt in optimizers for g in opt.param_groups):
         group['lr'] = group['base_lr'] * lr_scale
+    loss_sum = zeros()
     for j in range(local_accumulation):
         micro_step = rank + j * world_size  # rank r takes global micro-steps r, r+W, r+2W, ...
         last = j == local_accumulation - 1
@@ -613,18 +626,31 @@ while True:
         loss_sum = loss_sum + raw_model.ce_loss
         if raw_model.aux_loss is not None:
             aux_sum = aux_sum + raw_model.aux_loss
+            fractions = torch.stack(raw_model.expert_fractions()).double()
+            expert_sum = fractions if expert_sum is None else expert_sum + fractions
         scaler.scale(loss / local_accumulation).backward()  # ranks average, so each micro-step weighs 1/G
-    if grad_clip:
-        for opt in optimizers:
-            scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)  # the global norm, also for FSDP
+    iteration_losses.append(loss_sum)
+    for opt in optimizers:
+        scaler.unscale_(opt)
+    # the global norm before clipping (for FSDP too); max_norm=inf measures without clipping
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float('inf'))
+    if will_log:
+        stats = monitor.grad_stats(raw_model, sum_over_shards, per_layer=layer_stats)
+    weights_before = monitor.snapshot_weights(raw_model) if layer_stats else None
     for opt in optimizers:
         scaler.step(opt)
     scaler.update()
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
+    if weights_before is not None:
+        stats['update_to_weight'] = monitor.update_ratios(raw_model, weights_before, sum_over_shards)
+    if profiler is not None:
+        profiler.step()
+        if iter_num - start_iter == 5:
+            profiler.stop()
+            profiler = None
+            say(f"profile written to {out_dir}/profile_trace_rank*.json")
     iter_num += 1
-    iters_since_log += 1
     timed_iters += 1
     tokens_seen += tokens_per_iter
     if warmup_s is None:  # the first step (compilation, allocator warm-up) is reported apart from throughput
@@ -641,8 +667,10 @@ while True:
     at_log = iter_num % log_interval == 0 or iter_num == max_iters
     time_up = max_time is not None and time.time() - train_start >= max_time
     if at_log:  # ranks agree on stopping here, where they synchronise anyway; one process checks every step
-        total_loss, total_aux, stop_votes, time_votes = all_reduce_sum(
-            [loss_sum.item(), aux_sum.item(), float(interrupted), float(time_up)])
+        flags = torch.tensor([float(interrupted), float(time_up)], device=device, dtype=torch.float64)
+        totals = sum_over_ranks(torch.cat([torch.stack(iteration_losses), aux_sum.view(1), flags])).tolist()
+        per_iteration = [t / gradient_accumulation_steps for t in totals[:-3]]
+        total_aux, stop_votes, time_votes = totals[-3:]
     elif not distributed:
         stop_votes, time_votes = interrupted, time_up
     else:
@@ -650,20 +678,27 @@ while True:
     stop = 'interrupted' if stop_votes else 'max_time' if time_votes else None
     if at_log:
         # the one host sync per log interval: the mean loss over every micro-step of every rank since the last line
-        mean_loss = total_loss / (iters_since_log * gradient_accumulation_steps)
-        mean_aux = total_aux / (iters_since_log * gradient_accumulation_steps) if model_config.n_expert else None
+        n_iters = len(per_iteration)
+        mean_loss = sum(per_iteration) / n_iters
+        recent_losses = (recent_losses + per_iteration)[-loss_window:]
+        mean_aux = total_aux / (n_iters * gradient_accumulation_steps) if model_config.n_expert else None
         if device_type == 'cuda':
             torch.cuda.synchronize()  # the clock must not run ahead of the device
         warm = timed_iters == 0  # only the warm-up step since the last line: its time is all there is
         dt = warmup_s if warm else (time.time() - t_log) / timed_iters
         tokens_per_sec = tokens_per_iter / dt
         norm = grad_norm.full_tensor() if hasattr(grad_norm, 'full_tensor') else grad_norm
-        entry = {'iter': iter_num, 'loss': mean_loss, 'aux_loss': mean_aux, 'lr': get_lr(iter_num - 1),
-                 'grad_norm': float(norm) if grad_clip else None, 'time_ms': dt * 1000,
-                 'tokens_per_sec': tokens_per_sec, 'tokens_seen': tokens_seen, 'warmup': warm,
+        entry = {'iter': iter_num, 'loss': mean_loss,
+                 'loss_variance': statistics.pvariance(recent_losses) if len(recent_losses) > 1 else 0.0,
+                 'aux_loss': mean_aux, 'lr': get_lr(iter_num - 1), 'grad_norm': float(norm),
+                 'grad_clipped': bool(grad_clip and float(norm) > grad_clip), **stats,
+                 'time_ms': dt * 1000, 'tokens_per_sec': tokens_per_sec, 'tokens_seen': tokens_seen, 'warmup': warm,
                  'mfu': perf.mfu(flops_per_token, tokens_per_sec, peak, world_size),
                  'achieved_tflops': flops_per_token * tokens_per_sec / world_size / 1e12,
-                 'flops_per_token': flops_per_token, 'peak_memory_mb': peak_memory_mb()}
+                 'flops_per_token': flops_per_token, **monitor.memory_stats(device_type, device)}
+        if expert_sum is not None:  # share of routed slots per expert, per layer, over the interval and all ranks
+            entry['expert_fractions'] = (sum_over_ranks(expert_sum) / expert_sum[0].sum().item() / world_size).tolist()
+            expert_sum = None
         run_log['training_iterations'].append(entry)
         if not math.isfinite(mean_loss):
             stop_non_finite(mean_loss)
@@ -673,12 +708,14 @@ while True:
             if wandb_log:
                 wandb.log({k: v for k, v in entry.items() if v is not None}, step=iter_num)
         write_run_log()
-        line = (f"iter {iter_num}: loss {mean_loss:.4f}, lr {entry['lr']:.2e}, {dt * 1000:.1f} ms/iter, "
-                f"{tokens_per_sec:,.0f} tok/s" + (f", MFU {entry['mfu']:.1%}" if entry['mfu'] is not None else ''))
+        line = (f"iter {iter_num}: loss {mean_loss:.4f}, lr {entry['lr']:.2e}, grad norm {entry['grad_norm']:.2f}, "
+                f"{dt * 1000:.1f} ms/iter, {tokens_per_sec:,.0f} tok/s"
+                + (f", MFU {entry['mfu']:.1%}" if entry['mfu'] is not None else '')
+                + (f", mem {entry['memory_allocated_mb']:,.0f} MiB" if entry['memory_allocated_mb'] else ''))
         if progress and sys.stdout.isatty():
             done = int(30 * iter_num / max_iters)
             say(f"\r[{'#' * done}{'.' * (30 - done)}] {line}", end='', flush=True)
         else:
             say(line)
-        loss_sum = aux_sum = torch.zeros((), device=device, dtype=torch.float64)
-        iters_since_log, timed_iters, t_log = 0, 0, time.time()
+        iteration_losses, aux_sum, stats = [], zeros(), {}
+        timed_iters, t_log = 0, time.time()

@@ -66,18 +66,19 @@ def run_one(target, compile_flag, iters, overrides, workdir):
     with open(os.path.join(out_dir, log_name)) as f:
         log = json.load(f)
     info, summary = log['startup_info'], log['summary']
+    hw, speed = info['hardware'], info['performance']
     timed = [e for e in log['training_iterations'] if not e['warmup']]
     return {
         'target': target, 'compile': compile_flag, 'architecture': info['architecture'],
-        'parameters': info['parameters']['total'], 'dtype': info['dtype'], 'device': info['device_name'],
-        'attention_kernel': info['attention_kernel'], 'tokens_per_iter': info['tokens_per_iter'],
-        'flops_per_token': info['flops_per_token'], 'peak_tflops': info['peak_tflops'],
+        'parameters': info['parameters']['total'], 'dtype': hw['dtype'], 'device': hw['device_name'],
+        'attention_kernel': hw['attention_kernel'], 'tokens_per_iter': info['training']['tokens_per_iter'],
+        'flops_per_token': speed['flops_per_token'], 'peak_tflops': speed['peak_tflops'],
         'warmup_s': info['warmup_s'], 'timed_iters': len(timed),
         'ms_per_iter': summary['median_time_ms'], 'tokens_per_sec': summary['median_tokens_per_sec'],
         'mfu': summary['median_mfu'],
-        'achieved_tflops': info['flops_per_token'] * summary['median_tokens_per_sec'] / 1e12
+        'achieved_tflops': speed['flops_per_token'] * summary['median_tokens_per_sec'] / 1e12
         if summary['median_tokens_per_sec'] else None,
-        'peak_memory_mb': max(e['peak_memory_mb'] for e in log['training_iterations']),
+        'peak_memory_mb': max(e['memory_peak_mb'] for e in log['training_iterations']),
     }
 
 

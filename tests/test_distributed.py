@@ -47,7 +47,7 @@ def test_parallel_modes_match_single_process(runs, mode):
     root, _ = runs
     assert_same_losses(iteration_losses(root / mode), iteration_losses(root / 'single'))
     log = run_logs(root / mode)[0]
-    assert log['startup_info']['world_size'] == 2 and log['startup_info']['parallelism'] == mode
+    assert log['startup_info']['hardware']['world_size'] == 2 and log['startup_info']['hardware']['parallelism'] == mode
     assert [e['iter'] for e in log['training_iterations']] == [1, 2, 3, 4, 5, 6]  # rank 0 alone writes the log
     single_eval = run_logs(root / 'single')[0]['eval_steps']
     for a, b in zip(log['eval_steps'], single_eval):  # evaluation is averaged over both ranks' batches
@@ -118,4 +118,4 @@ def test_bad_launch_fails_fast_on_rank_0(runs, tmp_path, args, message):
 def test_fsdp_setting_without_torchrun_runs_single_process(runs, tmp_path):
     _, data = runs
     train(data, tmp_path / 'o', '--max_iters=2', '--parallelism=fsdp', '--eval_interval=2')
-    assert run_logs(tmp_path / 'o')[0]['startup_info']['parallelism'] == 'single'
+    assert run_logs(tmp_path / 'o')[0]['startup_info']['hardware']['parallelism'] == 'single'

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import perf
-from helpers import ROOT, iteration_losses, make_char_dataset, run, run_logs, train
+from helpers import iteration_losses, make_char_dataset, run, run_logs, train
 from model import GPT, GPTConfig, MoE
 
 
@@ -46,9 +46,10 @@ def test_cpu_peak_is_measured_and_mfu_arithmetic():
 def test_training_logs_mfu_fields(data, tmp_path):
     train(data, tmp_path / 'o', '--max_iters=4', '--log_interval=2', '--eval_interval=4', '--peak_tflops=0.5')
     log = run_logs(tmp_path / 'o')[0]
-    info = log['startup_info']
+    info = log['startup_info']['performance']
     assert info['peak_tflops'] == 0.5 and info['peak_source'] == 'peak_tflops setting'
-    assert info['attention_kernel'] in ('flash (CPU kernel)', 'math') and info['warmup_s'] > 0
+    assert log['startup_info']['hardware']['attention_kernel'] in ('flash (CPU kernel)', 'math')
+    assert log['startup_info']['warmup_s'] > 0
     for e in log['training_iterations']:
         assert e['flops_per_token'] == info['flops_per_token']
         assert e['achieved_tflops'] == pytest.approx(e['flops_per_token'] * e['tokens_per_sec'] / 1e12)
@@ -60,7 +61,7 @@ def test_flash_attention_require_fails_clearly_on_cpu(data, tmp_path):
     r = train(data, tmp_path / 'o', '--flash_attention=require', check=False)
     assert r.returncode == 2 and "flash_attention='require'" in r.stderr and 'needs CUDA' in r.stderr
     train(data, tmp_path / 'p', '--flash_attention=off', '--max_iters=1', '--eval_iters=0')
-    assert run_logs(tmp_path / 'p')[0]['startup_info']['attention_kernel'] == 'math'
+    assert run_logs(tmp_path / 'p')[0]['startup_info']['hardware']['attention_kernel'] == 'math'
 
 
 def test_compiled_run_checkpoint_reloads_uncompiled(data, tmp_path):

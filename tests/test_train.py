@@ -73,7 +73,8 @@ def test_run_log_schema_csv_and_rotation(data, tmp_path):
     info = log['startup_info']
     assert info['architecture'] == '2L-2H-32D-RoPE-RMS-NB-SwiGLU-PreNorm-Untied'
     model = GPT(GPTConfig(**info['model_args']))
-    assert info['parameters'] == {'total': model.get_num_params(False), 'non_embedding': model.get_num_params()}
+    assert info['parameters'] == {'total': model.get_num_params(False), 'trainable': model.get_num_params(False),
+                                  'non_embedding': model.get_num_params()}
     assert info['versions']['torch'] == torch.__version__
     assert log['config']['max_iters'] == 10 and log['config']['n_layer'] == 2
     iters = log['training_iterations']
