@@ -632,10 +632,10 @@ while True:
     iteration_losses.append(loss_sum)
     for opt in optimizers:
         scaler.unscale_(opt)
+    if will_log:  # before clipping, like the norm below
+        stats = monitor.grad_stats(raw_model, sum_over_shards, per_layer=layer_stats)
     # the global norm before clipping (for FSDP too); max_norm=inf measures without clipping
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float('inf'))
-    if will_log:
-        stats = monitor.grad_stats(raw_model, sum_over_shards, per_layer=layer_stats)
     weights_before = monitor.snapshot_weights(raw_model) if layer_stats else None
     for opt in optimizers:
         scaler.step(opt)
