@@ -3,6 +3,7 @@ Sample from a trained model.
 
     python sample.py --out_dir=out-shakespeare-char-cpu --start="ROMEO:" --num_samples=3
     python sample.py --ckpt=out/best.pt --start=FILE:prompt.txt --temperature=0.8 --top_p=0.95
+    python sample.py --init_from=hf:path/to/hf-model --start="Once upon a time"
 """
 import os
 import sys
@@ -10,12 +11,14 @@ import sys
 import torch
 
 import checkpoint as ckpt_files
+import convert
 from configurator import configure
 from model import GPT, GPTConfig
 from tokenizer import Tokenizer
 
 out_dir = 'out'  # the newest ckpt_<iter>.pt here is used unless ckpt is given
 ckpt = ''  # a checkpoint file
+init_from = ''  # instead of a checkpoint: hf:<dir> (a Hugging Face model folder) or gpt2, gpt2-medium, ... (online)
 data_dir = ''  # where the tokenizer's files live (default: the dataset folder the checkpoint was trained on)
 start = '\n'  # prompt text, or FILE:path to read it from a file
 num_samples = 3
@@ -34,20 +37,30 @@ def die(message):
     sys.exit(2)
 
 
-if ckpt and not os.path.isfile(ckpt):
-    die(f"checkpoint {ckpt!r} not found")
-checkpoint, ckpt = ckpt_files.load_newest([ckpt] if ckpt else ckpt_files.list_checkpoints(out_dir))
-if checkpoint is None:
-    die(f"no loadable checkpoint {'in ' + repr(out_dir) if not ckpt else ''}")
+if init_from:
+    try:
+        model, spec = convert.load_hf(convert.resolve_hf(init_from))
+    except convert.ConversionError as e:
+        die(str(e))
+    spec_dir = data_dir
+else:
+    if ckpt and not os.path.isfile(ckpt):
+        die(f"checkpoint {ckpt!r} not found")
+    checkpoint, ckpt = ckpt_files.load_newest([ckpt] if ckpt else ckpt_files.list_checkpoints(out_dir))
+    if checkpoint is None:
+        die(f"no loadable checkpoint {'in ' + repr(out_dir) if not ckpt else ''}")
+    model = GPT(GPTConfig(**checkpoint['model_args']))
+    model.load_state_dict(checkpoint['model'])
+    spec = (checkpoint.get('meta') or {}).get('tokenizer')
+    spec_dir = data_dir or checkpoint['config'].get('data_dir', '.')
 if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-model = GPT(GPTConfig(**checkpoint['model_args']))
-model.load_state_dict(checkpoint['model'])
 model.eval().to(device=device, dtype=getattr(torch, dtype))
-
+if spec is None:
+    die("this model carries no tokenizer: sample from a checkpoint of train.py or a folder with tokenizer files")
 try:
-    tokenizer = Tokenizer(checkpoint['meta']['tokenizer'], data_dir or checkpoint['config']['data_dir'])
-except (FileNotFoundError, ImportError, ValueError) as e:
+    tokenizer = Tokenizer(spec, spec_dir)
+except (FileNotFoundError, ImportError, ValueError, OSError) as e:
     die(f"cannot rebuild the tokenizer: {e}")
 if start.startswith('FILE:'):
     try:

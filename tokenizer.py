@@ -5,6 +5,7 @@ meta.json["tokenizer"] is one of
   {"type": "char", "chars": "..."}                       token i is chars[i]
   {"type": "tiktoken", "name": "gpt2"}                   OpenAI BPE (set TIKTOKEN_CACHE_DIR offline)
   {"type": "sentencepiece", "model": "tokenizer.model"}  model file next to meta.json
+  {"type": "huggingface", "path": "hf-model/"}          a transformers tokenizer folder (imported models)
 """
 import json
 import os
@@ -32,8 +33,13 @@ class Tokenizer:
             self.sp = spm.SentencePieceProcessor(model_file=path)
             self.vocab_size = self.sp.get_piece_size()
             self.eot = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
+        elif kind == 'huggingface':
+            from transformers import AutoTokenizer
+            self.hf = AutoTokenizer.from_pretrained(spec['path'])
+            self.vocab_size = len(self.hf)
+            self.eot = self.hf.eos_token_id
         else:
-            raise ValueError(f"tokenizer type {kind!r} is invalid; allowed: char, tiktoken, sentencepiece")
+            raise ValueError(f"tokenizer type {kind!r} is invalid; allowed: char, tiktoken, sentencepiece, huggingface")
         self.kind = kind
 
     def encode(self, text):
@@ -44,6 +50,8 @@ class Tokenizer:
             return [self.index[ch] for ch in text]
         if self.kind == 'tiktoken':
             return self.enc.encode_ordinary(text)
+        if self.kind == 'huggingface':
+            return self.hf.encode(text, add_special_tokens=False)
         return self.sp.encode(text)
 
     def decode(self, ids):
@@ -52,6 +60,8 @@ class Tokenizer:
             return ''.join(self.chars[i] if i < len(self.chars) else '' for i in ids)
         if self.kind == 'tiktoken':
             return self.enc.decode([i for i in ids if i < self.vocab_size])
+        if self.kind == 'huggingface':
+            return self.hf.decode(ids)
         return self.sp.decode([i for i in ids if i < self.vocab_size])
 
 

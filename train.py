@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 import statistics
 
 import numpy as np
@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import checkpoint as ckpt_files
+import convert
 from configurator import configure
 import monitor
 import perf
@@ -41,7 +42,8 @@ eval_interval = 250  # evaluate, and write a checkpoint, every this many iterati
 log_interval = 10
 eval_iters = 50  # batches per split per evaluation; 0 = never evaluate
 eval_only = False  # evaluate the checkpoint picked by init_from/resume_from, then exit
-init_from = 'scratch'  # 'scratch' or 'resume' (newest loadable checkpoint in out_dir)
+init_from = 'scratch'  # scratch | resume (newest loadable checkpoint in out_dir) | hf:<dir> (a Hugging Face model
+#                        folder, see convert.py) | gpt2, gpt2-medium, gpt2-large, gpt2-xl (from the hub, online)
 resume_from = ''  # a checkpoint path to resume from instead of the newest one
 overwrite = False  # allow a fresh run in an out_dir that holds checkpoints (deletes them)
 keep_last_n = 3  # ckpt_<iter>.pt files kept; best.pt is kept apart
@@ -125,8 +127,8 @@ def say(*args, **kwargs):
 # ---- checks that need no model: launch, resume source, out_dir, data ----
 if lr_schedule not in ('cosine', 'linear', 'wsd'):
     die(f"lr_schedule={lr_schedule!r} is invalid; allowed: cosine, linear, wsd")
-if init_from not in ('scratch', 'resume'):
-    die(f"init_from={init_from!r} is invalid; allowed: scratch, resume")
+if init_from not in ('scratch', 'resume', *convert.GPT2_HUB_NAMES) and not init_from.startswith('hf:'):
+    die(f"init_from={init_from!r} is invalid; allowed: scratch, resume, hf:<dir>, {', '.join(convert.GPT2_HUB_NAMES)}")
 if parallelism not in ('ddp', 'zero1', 'fsdp'):
     die(f"parallelism={parallelism!r} is invalid; allowed: ddp, zero1, fsdp")
 if optimizer not in ('adamw', 'muon'):
@@ -190,9 +192,21 @@ def split_data(split):
     return np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=token_dtype, mode='r')
 
 
-# ---- model config: checkpoint's, or preset + overrides ----
+# ---- model config: checkpoint's, a Hugging Face model's, or preset + overrides ----
+hf_state = None
 if checkpoint is not None:
     model_config = GPTConfig(**checkpoint['model_args'])
+elif init_from != 'scratch':
+    try:
+        hf_model, _ = convert.load_hf(convert.resolve_hf(init_from))
+    except convert.ConversionError as e:
+        die(str(e))
+    # the weights fix the architecture; only settings that leave the function unchanged may be overridden
+    model_config = replace(hf_model.config, **{k: globals()[k] for k in ('dropout', 'attention_backend',
+                                                                        'gradient_checkpointing')
+                                               if globals()[k] is not None})
+    hf_state = hf_model.state_dict()
+    del hf_model
 else:
     overrides = {k: globals()[k] for k in ARCH_FIELDS if globals()[k] is not None}
     overrides.setdefault('vocab_size', meta['vocab_size'])
@@ -286,6 +300,8 @@ torch.manual_seed(seed)  # the same initial weights on every rank
 raw_model = GPT(model_config).to(device)
 if checkpoint is not None and 'sharded' not in checkpoint:
     raw_model.load_state_dict(checkpoint['model'])  # before sharding: FSDP then splits the loaded weights
+elif hf_state is not None:
+    raw_model.load_state_dict(hf_state)
 zero = distributed and parallelism == 'zero1'
 if distributed and parallelism == 'fsdp':
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -308,7 +324,7 @@ iter_num, best_val_loss, tokens_seen = 0, float('inf'), 0
 if checkpoint is not None:
     if 'sharded' in checkpoint:
         ckpt_files.load_sharded(model, optimizers, checkpoint['sharded'])
-    else:
+    elif checkpoint.get('optimizer'):  # an imported model (convert.py import) starts with a fresh optimizer
         ckpt_files.load_optimizer_state(model, raw_model, optimizers, checkpoint['optimizer'], zero)
     if 'scaler' in checkpoint:
         scaler.load_state_dict(checkpoint['scaler'])

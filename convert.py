@@ -1,0 +1,344 @@
+"""
+Hugging Face interop: export a modgpt checkpoint as a transformers model folder, or import one.
+
+    python convert.py export out-shakespeare/ckpt_2000.pt hf-model/     # or an out_dir: its newest checkpoint
+    python convert.py import hf-model/ out-imported/                    # writes out-imported/ckpt_0.pt
+
+gpt2 preset <-> GPT2LMHeadModel, llama-family presets <-> LlamaForCausalLM, moe preset <-> MixtralForCausalLM.
+A config no transformers class can represent is refused with the switch that blocks it. Needs
+`pip install transformers safetensors`. The weights are checked against transformers in tests/test_convert.py.
+"""
+import glob
+import json
+import os
+import shutil
+import sys
+
+import torch
+from dataclasses import asdict, replace
+
+import checkpoint as ckpt_files
+from model import GPT, GPTConfig
+
+GPT2_ACTIVATIONS = {'gelu_tanh': 'gelu_new', 'gelu': 'gelu', 'relu': 'relu', 'silu': 'silu'}
+GPT2_HUB_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # nanoGPT's init_from names
+
+
+class ConversionError(Exception):
+    pass
+
+
+def require(module):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ConversionError(f"{module} is needed for Hugging Face conversion: pip install transformers safetensors")
+
+
+def hf_family(c):
+    """'gpt2', 'llama' or 'mixtral' for a GPTConfig, or ConversionError naming the switch no HF class supports."""
+    def refuse(field, why):
+        raise ConversionError(f"cannot export {field}={getattr(c, field)!r}: {why}")
+    if c.norm_position != 'pre':
+        refuse('norm_position', 'GPT-2, Llama and Mixtral are pre-norm')
+    if c.qk_norm:
+        refuse('qk_norm', 'GPT-2, Llama and Mixtral have no query/key norm')
+    if c.position_encoding == 'learned_absolute':
+        if c.ffn_type != 'standard':
+            refuse('ffn_type', "learned positions export as GPT-2, whose FFN is 'standard'")
+        if c.normalization != 'layernorm':
+            refuse('normalization', "learned positions export as GPT-2, which uses 'layernorm'")
+        if not c.bias:
+            refuse('bias', 'GPT-2 has biases in every Linear')
+        if not c.weight_tying:
+            refuse('weight_tying', 'GPT-2 ties its head to the token embedding')
+        if c.kv_heads != c.n_head:
+            refuse('n_kv_head', 'GPT-2 has no grouped-query attention')
+        if c.activation not in GPT2_ACTIVATIONS:
+            refuse('activation', f"GPT-2 supports {', '.join(GPT2_ACTIVATIONS)}")
+        if c.n_expert:
+            refuse('n_expert', 'GPT-2 has no experts')
+        return 'gpt2'
+    if c.position_encoding != 'rope':
+        refuse('position_encoding', "only 'learned_absolute' (GPT-2) and 'rope' (Llama, Mixtral) export")
+    if c.normalization != 'rmsnorm':
+        refuse('normalization', "RoPE models export as Llama/Mixtral, which use 'rmsnorm'")
+    if c.ffn_type != 'swiglu':
+        refuse('ffn_type', "RoPE models export as Llama/Mixtral, whose FFN is 'swiglu'")
+    if c.n_expert and c.bias:
+        refuse('bias', 'Mixtral has no biases')
+    return 'mixtral' if c.n_expert else 'llama'
+
+
+def to_hf(config, state):
+    """(transformers config, HF-named state dict) of a modgpt model."""
+    transformers = require('transformers')
+    c, family = config, hf_family(config)
+    hd, H, KV = c.head_dim, c.n_head, c.kv_heads
+    out = {}
+    if family == 'gpt2':
+        eot = 50256 if c.vocab_size > 50256 else None  # GPT-2's <|endoftext|>
+        hf = transformers.GPT2Config(vocab_size=c.vocab_size, bos_token_id=eot, eos_token_id=eot, n_positions=c.block_size, n_embd=c.n_embd,
+                                     n_layer=c.n_layer, n_head=c.n_head, n_inner=c.ffn_hidden_size,
+                                     activation_function=GPT2_ACTIVATIONS[c.activation], resid_pdrop=0.0,
+                                     embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=c.norm_eps,
+                                     tie_word_embeddings=True, architectures=['GPT2LMHeadModel'])
+        out['transformer.wte.weight'] = state['wte.weight']
+        out['transformer.wpe.weight'] = state['wpe.weight']
+        for i in range(c.n_layer):
+            src, dst = f'blocks.{i}.', f'transformer.h.{i}.'
+            for a, b in (('norm_1', 'ln_1'), ('norm_2', 'ln_2')):
+                out[f'{dst}{b}.weight'], out[f'{dst}{b}.bias'] = state[f'{src}{a}.weight'], state[f'{src}{a}.bias']
+            # GPT-2's Conv1D stores weights as (in, out): the transpose of nn.Linear
+            for a, b in (('attn.c_attn', 'attn.c_attn'), ('attn.c_proj', 'attn.c_proj'),
+                         ('ffn.c_fc', 'mlp.c_fc'), ('ffn.c_proj', 'mlp.c_proj')):
+                out[f'{dst}{b}.weight'] = state[f'{src}{a}.weight'].t().contiguous()
+                out[f'{dst}{b}.bias'] = state[f'{src}{a}.bias']
+        out['transformer.ln_f.weight'], out['transformer.ln_f.bias'] = state['norm_f.weight'], state['norm_f.bias']
+        return hf, out
+    common = dict(vocab_size=c.vocab_size, hidden_size=c.n_embd, num_hidden_layers=c.n_layer, num_attention_heads=H,
+                  num_key_value_heads=KV, max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
+                  hidden_act='silu', tie_word_embeddings=c.weight_tying, attention_dropout=0.0, head_dim=hd,
+                  rope_theta=c.rope_theta)
+    if family == 'llama':
+        hf = transformers.LlamaConfig(intermediate_size=c.ffn_hidden_size, attention_bias=c.bias, mlp_bias=c.bias,
+                                      architectures=['LlamaForCausalLM'], **common)
+    else:
+        hf = transformers.MixtralConfig(intermediate_size=c.expert_hidden_size, num_local_experts=c.n_expert,
+                                        num_experts_per_tok=c.n_expert_per_token, architectures=['MixtralForCausalLM'],
+                                        router_aux_loss_coef=c.moe_aux_loss_coef, **common)
+    if getattr(hf, 'rope_parameters', None) is not None:  # newer transformers keep rope_theta here
+        hf.rope_parameters = {**hf.rope_parameters, 'rope_theta': c.rope_theta}
+    out['model.embed_tokens.weight'] = state['wte.weight']
+    for i in range(c.n_layer):
+        src, dst = f'blocks.{i}.', f'model.layers.{i}.'
+        for kind in ('weight', 'bias') if c.bias else ('weight',):
+            q, k, v = state[f'{src}attn.c_attn.{kind}'].split([H * hd, KV * hd, KV * hd])
+            out[f'{dst}self_attn.q_proj.{kind}'], out[f'{dst}self_attn.k_proj.{kind}'] = q, k
+            out[f'{dst}self_attn.v_proj.{kind}'] = v
+            out[f'{dst}self_attn.o_proj.{kind}'] = state[f'{src}attn.c_proj.{kind}']
+            if family == 'llama':
+                for a, b in (('c_gate', 'gate_proj'), ('c_fc', 'up_proj'), ('c_proj', 'down_proj')):
+                    out[f'{dst}mlp.{b}.{kind}'] = state[f'{src}ffn.{a}.{kind}']
+        out[f'{dst}input_layernorm.weight'] = state[f'{src}norm_1.weight']
+        out[f'{dst}post_attention_layernorm.weight'] = state[f'{src}norm_2.weight']
+        if family == 'mixtral':  # the on-disk layout: one w1 (gate), w3 (up), w2 (down) per expert
+            moe = f'{dst}block_sparse_moe.'
+            out[f'{moe}gate.weight'] = state[f'{src}ffn.router.weight']
+            for e in range(c.n_expert):
+                out[f'{moe}experts.{e}.w1.weight'] = state[f'{src}ffn.w_gate'][e]
+                out[f'{moe}experts.{e}.w3.weight'] = state[f'{src}ffn.w_up'][e]
+                out[f'{moe}experts.{e}.w2.weight'] = state[f'{src}ffn.w_down'][e]
+    out['model.norm.weight'] = state['norm_f.weight']
+    if not c.weight_tying:
+        out['lm_head.weight'] = state['lm_head.weight']
+    return hf, out
+
+
+def canonical(config):
+    """The config with sizes that equal their defaults written as None, as a config file would leave them."""
+    if replace(config, ffn_hidden=None).ffn_hidden_size == config.ffn_hidden_size:
+        config = replace(config, ffn_hidden=None)
+    if config.moe_intermediate_size == config.ffn_hidden_size:
+        config = replace(config, moe_intermediate_size=None)
+    return config
+
+
+def from_hf(hf, tensors):
+    """(GPTConfig, modgpt state dict) from a transformers config dict and HF-named tensors."""
+    kind = hf.get('model_type')
+    if kind == 'gpt2':
+        act = {v: k for k, v in GPT2_ACTIVATIONS.items()}.get(hf.get('activation_function', 'gelu_new'))
+        if act is None:
+            raise ConversionError(f"GPT-2 activation_function={hf.get('activation_function')!r} is not supported")
+        c = GPTConfig.from_preset('gpt2', vocab_size=hf['vocab_size'], block_size=hf['n_positions'],
+                                  n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'],
+                                  ffn_hidden=hf.get('n_inner') or 4 * hf['n_embd'], activation=act,
+                                  norm_eps=hf.get('layer_norm_epsilon', 1e-5))
+        c = canonical(c)
+        t = {k.removeprefix('transformer.'): v for k, v in tensors.items()}
+        state = {'wte.weight': t['wte.weight'], 'wpe.weight': t['wpe.weight'],
+                 'norm_f.weight': t['ln_f.weight'], 'norm_f.bias': t['ln_f.bias'], 'lm_head.weight': t['wte.weight']}
+        for i in range(c.n_layer):
+            src, dst = f'h.{i}.', f'blocks.{i}.'
+            for a, b in (('ln_1', 'norm_1'), ('ln_2', 'norm_2')):
+                state[f'{dst}{b}.weight'], state[f'{dst}{b}.bias'] = t[f'{src}{a}.weight'], t[f'{src}{a}.bias']
+            for a, b in (('attn.c_attn', 'attn.c_attn'), ('attn.c_proj', 'attn.c_proj'),
+                         ('mlp.c_fc', 'ffn.c_fc'), ('mlp.c_proj', 'ffn.c_proj')):
+                state[f'{dst}{b}.weight'] = t[f'{src}{a}.weight'].t().contiguous()
+                state[f'{dst}{b}.bias'] = t[f'{src}{a}.bias']
+        return c, state
+    if kind not in ('llama', 'mixtral'):
+        raise ConversionError(f"model_type {kind!r} is not supported; allowed: gpt2, llama, mixtral")
+    if hf.get('hidden_act', 'silu') != 'silu':
+        raise ConversionError(f"hidden_act={hf['hidden_act']!r} is not supported (SwiGLU needs silu)")
+    if (hf.get('rope_scaling') or {}).get('rope_type', 'default') != 'default' or \
+            (hf.get('rope_parameters') or {}).get('rope_type', 'default') != 'default':
+        raise ConversionError("RoPE scaling (e.g. Llama 3's) is not supported")
+    theta = hf.get('rope_theta') or (hf.get('rope_parameters') or {}).get('rope_theta', 10000.0)
+    H, D = hf['num_attention_heads'], hf['hidden_size']
+    if hf.get('head_dim') not in (None, D // H):
+        raise ConversionError(f"head_dim={hf['head_dim']} differs from hidden_size/num_attention_heads")
+    bias = bool(hf.get('attention_bias', False))
+    if kind == 'llama' and bias != bool(hf.get('mlp_bias', False)):
+        raise ConversionError("attention_bias and mlp_bias differ; modgpt has one bias switch")
+    moe = dict(n_expert=hf['num_local_experts'], n_expert_per_token=hf['num_experts_per_tok'],
+               moe_intermediate_size=hf['intermediate_size'],
+               moe_aux_loss_coef=hf.get('router_aux_loss_coef', 0.01)) if kind == 'mixtral' else dict(n_expert=0)
+    c = GPTConfig.from_preset('llama', vocab_size=hf['vocab_size'], block_size=hf['max_position_embeddings'],
+                              n_layer=hf['num_hidden_layers'], n_head=H, n_kv_head=hf.get('num_key_value_heads') or H,
+                              n_embd=D, ffn_hidden=hf['intermediate_size'], rope_theta=float(theta),
+                              norm_eps=hf.get('rms_norm_eps', 1e-6), bias=bias,
+                              weight_tying=bool(hf.get('tie_word_embeddings', False)), **moe)
+    c = canonical(c)
+    t = tensors
+    state = {'wte.weight': t['model.embed_tokens.weight'], 'norm_f.weight': t['model.norm.weight'],
+             'lm_head.weight': t['model.embed_tokens.weight'] if c.weight_tying else t['lm_head.weight']}
+    for i in range(c.n_layer):
+        src, dst = f'model.layers.{i}.', f'blocks.{i}.'
+        for part in ('weight', 'bias') if bias else ('weight',):
+            state[f'{dst}attn.c_attn.{part}'] = torch.cat([t[f'{src}self_attn.{p}_proj.{part}'] for p in 'qkv'])
+            state[f'{dst}attn.c_proj.{part}'] = t[f'{src}self_attn.o_proj.{part}']
+            if kind == 'llama':
+                for a, b in (('c_gate', 'gate_proj'), ('c_fc', 'up_proj'), ('c_proj', 'down_proj')):
+                    state[f'{dst}ffn.{a}.{part}'] = t[f'{src}mlp.{b}.{part}']
+        state[f'{dst}norm_1.weight'] = t[f'{src}input_layernorm.weight']
+        state[f'{dst}norm_2.weight'] = t[f'{src}post_attention_layernorm.weight']
+        if kind == 'mixtral':
+            moe_src = f'{src}block_sparse_moe.'
+            state[f'{dst}ffn.router.weight'] = t[f'{moe_src}gate.weight']
+            for ours, theirs in (('w_gate', 'w1'), ('w_up', 'w3'), ('w_down', 'w2')):
+                state[f'{dst}ffn.{ours}'] = torch.stack([t[f'{moe_src}experts.{e}.{theirs}.weight']
+                                                         for e in range(c.n_expert)])
+    return c, state
+
+
+def read_hf_dir(hf_dir):
+    """(config dict, tensors) from a Hugging Face model folder: safetensors (sharded too) or pytorch_model.bin."""
+    path = os.path.join(hf_dir, 'config.json')
+    if not os.path.isfile(path):
+        raise ConversionError(f"{hf_dir} has no config.json: not a Hugging Face model folder")
+    with open(path) as f:
+        hf = json.load(f)
+    files = sorted(glob.glob(os.path.join(hf_dir, '*.safetensors')))
+    tensors = {}
+    if files:
+        from safetensors.torch import load_file
+        require('safetensors')
+        for name in files:
+            tensors.update(load_file(name))
+    elif os.path.isfile(os.path.join(hf_dir, 'pytorch_model.bin')):
+        tensors = torch.load(os.path.join(hf_dir, 'pytorch_model.bin'), map_location='cpu', weights_only=True)
+    else:
+        raise ConversionError(f"{hf_dir} holds no model.safetensors or pytorch_model.bin")
+    return hf, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def resolve_hf(name):
+    """A local folder for init_from: 'hf:<dir>', or one of GPT2_HUB_NAMES downloaded from the Hugging Face hub."""
+    if name.startswith('hf:'):
+        if not os.path.isdir(name[3:]):
+            raise ConversionError(f"init_from={name!r}: no folder {name[3:]}")
+        return name[3:]
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ConversionError(f"init_from={name!r} downloads from the Hugging Face hub: pip install huggingface_hub")
+    try:
+        return snapshot_download(f'openai-community/{name}', allow_patterns=[
+            'config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'merges.txt'])
+    except Exception as e:
+        raise ConversionError(f"could not fetch {name} from the Hugging Face hub ({type(e).__name__}); offline, "
+                              f"download it elsewhere and use init_from='hf:<dir>'")
+
+
+def load_hf(hf_dir):
+    """A GPT with the weights of a Hugging Face model folder, and the tokenizer spec that goes with it."""
+    hf, tensors = read_hf_dir(hf_dir)
+    config, state = from_hf(hf, tensors)
+    model = GPT(config)
+    model.load_state_dict(state)
+    return model, hf_tokenizer_spec(hf_dir, config)
+
+
+def hf_tokenizer_spec(hf_dir, config):
+    """How tokenizer.py should rebuild this model's tokenizer: the folder's own files when it has any."""
+    names = set(os.listdir(hf_dir))
+    if names & {'tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'tokenizer.model'}:
+        return {'type': 'huggingface', 'path': os.path.abspath(hf_dir)}
+    if config.vocab_size in (50257, 50304):
+        return {'type': 'tiktoken', 'name': 'gpt2'}
+    return None
+
+
+def save_gpt2_tokenizer(hf_dir):
+    """GPT-2 BPE tokenizer files, from tiktoken's (cached) copies of OpenAI's encoder.json and vocab.bpe."""
+    transformers = require('transformers')
+    from tiktoken.load import read_file_cached
+    base = 'https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/'
+    for name, url_name in (('vocab.json', 'encoder.json'), ('merges.txt', 'vocab.bpe')):
+        with open(os.path.join(hf_dir, name), 'wb') as f:
+            f.write(read_file_cached(base + url_name))
+    # from_pretrained reads vocab.json + merges.txt under any transformers version; saving adds tokenizer.json
+    transformers.GPT2TokenizerFast.from_pretrained(hf_dir).save_pretrained(hf_dir)
+
+
+def export(source, hf_dir):
+    if os.path.isdir(source):
+        paths = ckpt_files.list_checkpoints(source)
+        if not paths:
+            raise ConversionError(f"no ckpt_<iter>.pt in {source}")
+        source = paths[0]
+    if not os.path.isfile(source):
+        raise ConversionError(f"checkpoint {source} not found")
+    ckpt = ckpt_files.load(source)
+    config = GPTConfig(**ckpt['model_args'])
+    hf, tensors = to_hf(config, ckpt['model'])
+    from safetensors.torch import save_file
+    os.makedirs(hf_dir, exist_ok=True)
+    hf.save_pretrained(hf_dir)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(hf_dir, 'model.safetensors'),
+              metadata={'format': 'pt'})
+    tokenizer = (ckpt.get('meta') or {}).get('tokenizer') or {}
+    if tokenizer.get('type') == 'tiktoken' and tokenizer.get('name') == 'gpt2':
+        save_gpt2_tokenizer(hf_dir)
+    return source
+
+
+def import_(hf_dir, out_dir):
+    model, spec = load_hf(hf_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, 'ckpt_0.pt')
+    if os.path.exists(path):
+        raise ConversionError(f"{path} exists; choose another out_dir")
+    meta = {'tokenizer': spec, 'vocab_size': model.config.vocab_size} if spec else None
+    ckpt_files.save({'model': model.state_dict(), 'model_args': asdict(model.config), 'optimizer': None,
+                     'iter_num': 0, 'best_val_loss': float('inf'), 'tokens_seen': 0, 'seed': 1337, 'world_size': 1,
+                     'config': {'init_from': f'hf:{hf_dir}', 'data_dir': os.path.abspath(out_dir)}, 'meta': meta},
+                    path)
+    for name in ('tokenizer.model',):  # a SentencePiece tokenizer travels with the checkpoint
+        if os.path.isfile(os.path.join(hf_dir, name)):
+            shutil.copyfile(os.path.join(hf_dir, name), os.path.join(out_dir, name))
+    return path
+
+
+def main(argv):
+    usage = "usage: python convert.py export CKPT_OR_OUT_DIR HF_DIR | python convert.py import HF_DIR OUT_DIR"
+    if len(argv) != 3 or argv[0] not in ('export', 'import'):
+        print(usage, file=sys.stderr)
+        return 2
+    try:
+        if argv[0] == 'export':
+            source = export(argv[1], argv[2])
+            print(f"exported {source} to {argv[2]}")
+        else:
+            print(f"imported {argv[1]} to {import_(argv[1], argv[2])}")
+    except (ConversionError, ValueError, KeyError) as e:
+        message = f"missing tensor {e}" if isinstance(e, KeyError) else str(e)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))

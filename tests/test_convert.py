@@ -1,0 +1,155 @@
+"""Export to and import from Hugging Face transformers, checked numerically against transformers itself."""
+import os
+from dataclasses import asdict
+
+import pytest
+import torch
+
+import checkpoint as ckpt_files
+import convert
+from helpers import SHARED, make_char_dataset, run, run_logs, train
+from model import GPT, GPTConfig
+
+transformers = pytest.importorskip('transformers', reason='transformers is not installed (pip install transformers)')
+pytest.importorskip('safetensors', reason='safetensors is not installed')
+
+TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=32, vocab_size=64)
+CASES = {'gpt2': {}, 'llama': dict(n_kv_head=2), 'moe': dict(n_kv_head=2, n_expert=4, n_expert_per_token=2)}
+
+
+def modgpt(preset, **kw):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset(preset, **{**TINY, **CASES[preset], **kw})).eval()
+    with torch.no_grad():  # larger weights than the init, so that routing and logits are far from uniform
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.2)
+    return model
+
+
+def save_checkpoint(model, directory, meta=None):
+    os.makedirs(directory, exist_ok=True)
+    ckpt_files.save({'model': model.state_dict(), 'model_args': asdict(model.config), 'meta': meta},
+                    os.path.join(directory, 'ckpt_1.pt'))
+    return directory
+
+
+def greedy_hf(hf, idx, steps):
+    for _ in range(steps):  # plain greedy decoding on the transformers model, no EOS handling
+        with torch.no_grad():
+            idx = torch.cat([idx, hf(idx).logits[:, -1:].argmax(-1)], dim=1)
+    return idx
+
+
+def assert_same_model(ours, hf):
+    torch.manual_seed(1)
+    idx = torch.randint(0, TINY['vocab_size'], (2, TINY['block_size']))
+    with torch.no_grad():
+        diff = (ours(idx)[0] - hf(idx).logits).abs().max().item()
+    assert diff <= 1e-4, diff
+    prompt = idx[:, :5]
+    assert torch.equal(ours.generate(prompt, 20, temperature=0), greedy_hf(hf, prompt, 20))
+
+
+@pytest.mark.parametrize('preset', list(CASES))
+def test_export_loads_in_transformers_with_the_same_outputs(preset, tmp_path):
+    ours = modgpt(preset)
+    convert.export(save_checkpoint(ours, tmp_path / 'ckpt'), str(tmp_path / 'hf'))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'hf').eval()
+    assert type(hf).__name__ == {'gpt2': 'GPT2LMHeadModel', 'llama': 'LlamaForCausalLM',
+                                 'moe': 'MixtralForCausalLM'}[preset]
+    assert_same_model(ours, hf)
+
+
+@pytest.mark.parametrize('preset', list(CASES))
+def test_export_then_import_is_bit_exact(preset, tmp_path):
+    ours = modgpt(preset)
+    convert.export(save_checkpoint(ours, tmp_path / 'ckpt'), str(tmp_path / 'hf'))
+    path = convert.import_(str(tmp_path / 'hf'), str(tmp_path / 'back'))
+    back = ckpt_files.load(path)
+    assert back['model_args'] == asdict(ours.config)
+    original = ours.state_dict()
+    assert set(back['model']) == set(original)
+    assert all(torch.equal(back['model'][k], original[k]) for k in original)
+
+
+def hf_model(kind):
+    torch.manual_seed(0)
+    if kind == 'gpt2':
+        cfg = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                                      initializer_range=0.2)
+        return transformers.GPT2LMHeadModel(cfg)
+    common = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=32, initializer_range=0.2, rope_theta=500000.0)
+    if kind == 'llama':
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
+    return transformers.MixtralForCausalLM(transformers.MixtralConfig(num_local_experts=4, num_experts_per_tok=2,
+                                                                      **common))
+
+
+@pytest.mark.parametrize('kind', ['gpt2', 'llama', 'mixtral'])
+def test_import_from_transformers(kind, tmp_path):
+    hf = hf_model(kind).eval()
+    hf.save_pretrained(tmp_path / 'hf')
+    r = run('convert.py', 'import', tmp_path / 'hf', tmp_path / 'out')
+    assert r.returncode == 0, r.stderr
+    ckpt = ckpt_files.load(tmp_path / 'out' / 'ckpt_0.pt')
+    ours = GPT(GPTConfig(**ckpt['model_args'])).eval()
+    ours.load_state_dict(ckpt['model'])
+    if kind != 'gpt2':
+        assert ours.config.rope_theta == 500000.0 and ours.config.kv_heads == 2
+    assert_same_model(ours, hf)
+
+
+@pytest.mark.parametrize('change,field', [
+    (dict(norm_position='post'), 'norm_position'),
+    (dict(ffn_type='swiglu'), 'ffn_type'),  # learned positions with SwiGLU
+    (dict(qk_norm=True), 'qk_norm'),
+    (dict(position_encoding='none'), 'position_encoding'),
+    (dict(bias=False), 'bias'),
+    (dict(position_encoding='rope'), 'normalization'),  # RoPE with LayerNorm: no HF class
+])
+def test_unrepresentable_configs_are_refused(change, field, tmp_path):
+    model = GPT(GPTConfig.from_preset('gpt2', **TINY, **change))
+    save_checkpoint(model, tmp_path / 'ckpt')
+    r = run('convert.py', 'export', tmp_path / 'ckpt', tmp_path / 'hf')
+    assert r.returncode == 2 and r.stderr.startswith(f'error: cannot export {field}=') and 'Traceback' not in r.stderr
+    assert not (tmp_path / 'hf').exists()
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'tiktoken_cache')), reason='no tiktoken cache')
+def test_gpt2_tokenizer_travels_and_hf_models_train_and_sample(tmp_path):
+    model = modgpt('gpt2', vocab_size=50257)
+    save_checkpoint(model, tmp_path / 'ckpt', meta={'tokenizer': {'type': 'tiktoken', 'name': 'gpt2'}})
+    assert run('convert.py', 'export', tmp_path / 'ckpt', tmp_path / 'hf').returncode == 0
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / 'hf')
+    assert tok.encode('Hello world') == [15496, 995]
+    # sample straight from the folder, with its own tokenizer
+    r = run('sample.py', f'--init_from=hf:{tmp_path / "hf"}', '--start=Hello', '--max_new_tokens=5', '--num_samples=1')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith('Hello')
+    # fine-tune from it: the run starts from exactly these weights
+    data = make_char_dataset(tmp_path / 'data')
+    train(data, tmp_path / 'ft', f'--init_from=hf:{tmp_path / "hf"}', '--max_iters=2', '--eval_interval=2',
+          '--learning_rate=0', '--dropout=0.0')
+    ft = ckpt_files.load(tmp_path / 'ft' / 'ckpt_2.pt')
+    assert all(torch.equal(ft['model'][k], v) for k, v in model.state_dict().items())
+    assert run_logs(tmp_path / 'ft')[0]['startup_info']['architecture'] == model.config.architecture_name()
+
+
+def test_hub_names_fail_clearly_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    data = make_char_dataset(tmp_path / 'data')
+    r = train(data, tmp_path / 'o', '--init_from=gpt2', check=False)
+    assert r.returncode == 2 and 'could not fetch gpt2 from the Hugging Face hub' in r.stderr
+    r = train(data, tmp_path / 'o', '--init_from=hf:/no/such/dir', check=False)
+    assert r.returncode == 2 and 'no folder /no/such/dir' in r.stderr
+
+
+def test_imported_checkpoint_resumes_with_a_fresh_optimizer(tmp_path):
+    hf = hf_model('llama')
+    hf.save_pretrained(tmp_path / 'hf')
+    convert.import_(str(tmp_path / 'hf'), str(tmp_path / 'out'))
+    data = make_char_dataset(tmp_path / 'data')
+    train(data, tmp_path / 'out', '--init_from=resume', '--max_iters=2', '--eval_interval=2')
+    assert (tmp_path / 'out' / 'ckpt_2.pt').exists()
