@@ -45,7 +45,7 @@ def synthetic_data(directory, vocab_size=50257, tokens=2_000_000):
 def git_commit():
     try:
         out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(['git', 'status', '--porcelain'], cwd=ROOT, capture_output=True, text=True).stdout
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT, capture_output=True, text=True).stdout
         return out.stdout.strip() + ('-dirty' if dirty.strip() else '')
     except (OSError, subprocess.CalledProcessError):
         return None
