@@ -20,6 +20,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import monitor  # noqa: E402
 from model import PRESETS  # noqa: E402
 
 USAGE = "usage: python bench/bench.py PRESET_OR_CONFIG ... [--iters=N] [--compile=True|False|both] [--key=value ...]"
@@ -40,15 +41,6 @@ def synthetic_data(directory, vocab_size=50257, tokens=2_000_000):
             'source': 'synthetic', 'source_sha256': ''}
     with open(os.path.join(directory, 'meta.json'), 'w') as f:
         json.dump(meta, f)
-
-
-def git_commit():
-    try:
-        out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT, capture_output=True, text=True).stdout
-        return out.stdout.strip() + ('-dirty' if dirty.strip() else '')
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def run_one(target, compile_flag, iters, overrides, workdir):
@@ -127,7 +119,9 @@ def main(argv):
     print()
     print(table(rows))
     import torch
-    record = {'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'git_commit': git_commit(), 'torch': torch.__version__,
+    repro = monitor.reproducibility_info('cuda' if torch.cuda.is_available() else 'cpu')
+    commit = repro['git_commit'] and repro['git_commit'] + ('-dirty' if repro['git_dirty'] else '')
+    record = {'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'git_commit': commit, 'torch': torch.__version__,
               'python': platform.python_version(), 'machine': platform.machine(), 'cpu_count': os.cpu_count(),
               'cuda_device': torch.cuda.get_device_name() if torch.cuda.is_available() else None,
               'iters': iters, 'overrides': overrides, 'rows': rows}
