@@ -22,6 +22,12 @@ from model import GPT, GPTConfig
 
 GPT2_ACTIVATIONS = {'gelu_tanh': 'gelu_new', 'gelu': 'gelu', 'relu': 'relu', 'silu': 'silu'}
 GPT2_HUB_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # nanoGPT's init_from names
+# (modgpt name, transformers name) inside a block, used in both directions
+GPT2_NORMS = (('norm_1', 'ln_1'), ('norm_2', 'ln_2'))
+GPT2_LINEARS = (('attn.c_attn', 'attn.c_attn'), ('attn.c_proj', 'attn.c_proj'), ('ffn.c_fc', 'mlp.c_fc'),
+                ('ffn.c_proj', 'mlp.c_proj'))
+LLAMA_MLP = (('c_gate', 'gate_proj'), ('c_fc', 'up_proj'), ('c_proj', 'down_proj'))
+MIXTRAL_EXPERTS = (('w_gate', 'w1'), ('w_up', 'w3'), ('w_down', 'w2'))
 
 
 class ConversionError(Exception):
@@ -87,11 +93,10 @@ def to_hf(config, state):
         out['transformer.wpe.weight'] = state['wpe.weight']
         for i in range(c.n_layer):
             src, dst = f'blocks.{i}.', f'transformer.h.{i}.'
-            for a, b in (('norm_1', 'ln_1'), ('norm_2', 'ln_2')):
+            for a, b in GPT2_NORMS:
                 out[f'{dst}{b}.weight'], out[f'{dst}{b}.bias'] = state[f'{src}{a}.weight'], state[f'{src}{a}.bias']
             # GPT-2's Conv1D stores weights as (in, out): the transpose of nn.Linear
-            for a, b in (('attn.c_attn', 'attn.c_attn'), ('attn.c_proj', 'attn.c_proj'),
-                         ('ffn.c_fc', 'mlp.c_fc'), ('ffn.c_proj', 'mlp.c_proj')):
+            for a, b in GPT2_LINEARS:
                 out[f'{dst}{b}.weight'] = state[f'{src}{a}.weight'].t().contiguous()
                 out[f'{dst}{b}.bias'] = state[f'{src}{a}.bias']
         out['transformer.ln_f.weight'], out['transformer.ln_f.bias'] = state['norm_f.weight'], state['norm_f.bias']
@@ -118,17 +123,16 @@ def to_hf(config, state):
             out[f'{dst}self_attn.v_proj.{kind}'] = v
             out[f'{dst}self_attn.o_proj.{kind}'] = state[f'{src}attn.c_proj.{kind}']
             if family == 'llama':
-                for a, b in (('c_gate', 'gate_proj'), ('c_fc', 'up_proj'), ('c_proj', 'down_proj')):
+                for a, b in LLAMA_MLP:
                     out[f'{dst}mlp.{b}.{kind}'] = state[f'{src}ffn.{a}.{kind}']
         out[f'{dst}input_layernorm.weight'] = state[f'{src}norm_1.weight']
         out[f'{dst}post_attention_layernorm.weight'] = state[f'{src}norm_2.weight']
         if family == 'mixtral':  # the on-disk layout: one w1 (gate), w3 (up), w2 (down) per expert
             moe = f'{dst}block_sparse_moe.'
             out[f'{moe}gate.weight'] = state[f'{src}ffn.router.weight']
-            for e in range(c.n_expert):
-                out[f'{moe}experts.{e}.w1.weight'] = state[f'{src}ffn.w_gate'][e]
-                out[f'{moe}experts.{e}.w3.weight'] = state[f'{src}ffn.w_up'][e]
-                out[f'{moe}experts.{e}.w2.weight'] = state[f'{src}ffn.w_down'][e]
+            for ours, theirs in MIXTRAL_EXPERTS:
+                for e in range(c.n_expert):
+                    out[f'{moe}experts.{e}.{theirs}.weight'] = state[f'{src}ffn.{ours}'][e]
     out['model.norm.weight'] = state['norm_f.weight']
     if not c.weight_tying:
         out['lm_head.weight'] = state['lm_head.weight']
@@ -161,12 +165,12 @@ def from_hf(hf, tensors):
                  'norm_f.weight': t['ln_f.weight'], 'norm_f.bias': t['ln_f.bias'], 'lm_head.weight': t['wte.weight']}
         for i in range(c.n_layer):
             src, dst = f'h.{i}.', f'blocks.{i}.'
-            for a, b in (('ln_1', 'norm_1'), ('ln_2', 'norm_2')):
-                state[f'{dst}{b}.weight'], state[f'{dst}{b}.bias'] = t[f'{src}{a}.weight'], t[f'{src}{a}.bias']
-            for a, b in (('attn.c_attn', 'attn.c_attn'), ('attn.c_proj', 'attn.c_proj'),
-                         ('mlp.c_fc', 'ffn.c_fc'), ('mlp.c_proj', 'ffn.c_proj')):
-                state[f'{dst}{b}.weight'] = t[f'{src}{a}.weight'].t().contiguous()
-                state[f'{dst}{b}.bias'] = t[f'{src}{a}.bias']
+            for ours, theirs in GPT2_NORMS:
+                for kind in ('weight', 'bias'):
+                    state[f'{dst}{ours}.{kind}'] = t[f'{src}{theirs}.{kind}']
+            for ours, theirs in GPT2_LINEARS:
+                state[f'{dst}{ours}.weight'] = t[f'{src}{theirs}.weight'].t().contiguous()
+                state[f'{dst}{ours}.bias'] = t[f'{src}{theirs}.bias']
         return c, state
     if kind not in ('llama', 'mixtral'):
         raise ConversionError(f"model_type {kind!r} is not supported; allowed: gpt2, llama, mixtral")
@@ -200,14 +204,14 @@ def from_hf(hf, tensors):
             state[f'{dst}attn.c_attn.{part}'] = torch.cat([t[f'{src}self_attn.{p}_proj.{part}'] for p in 'qkv'])
             state[f'{dst}attn.c_proj.{part}'] = t[f'{src}self_attn.o_proj.{part}']
             if kind == 'llama':
-                for a, b in (('c_gate', 'gate_proj'), ('c_fc', 'up_proj'), ('c_proj', 'down_proj')):
+                for a, b in LLAMA_MLP:
                     state[f'{dst}ffn.{a}.{part}'] = t[f'{src}mlp.{b}.{part}']
         state[f'{dst}norm_1.weight'] = t[f'{src}input_layernorm.weight']
         state[f'{dst}norm_2.weight'] = t[f'{src}post_attention_layernorm.weight']
         if kind == 'mixtral':
             moe_src = f'{src}block_sparse_moe.'
             state[f'{dst}ffn.router.weight'] = t[f'{moe_src}gate.weight']
-            for ours, theirs in (('w_gate', 'w1'), ('w_up', 'w3'), ('w_down', 'w2')):
+            for ours, theirs in MIXTRAL_EXPERTS:
                 state[f'{dst}ffn.{ours}'] = torch.stack([t[f'{moe_src}experts.{e}.{theirs}.weight']
                                                          for e in range(c.n_expert)])
     return c, state

@@ -62,6 +62,16 @@ def fetch_text(url, dest, args):
     return read_text_files(dest)
 
 
+SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+
+
+def shakespeare_splits(args, here):
+    """Tiny Shakespeare (--input, or downloaded next to the script) as (text, train, val, source): a 90/10 split."""
+    text = fetch_text(SHAKESPEARE_URL, os.path.join(here, 'input.txt'), args)
+    n = int(0.9 * len(text))
+    return text, text[:n], text[n:], args.input or SHAKESPEARE_URL
+
+
 def token_dtype(vocab_size):
     return np.uint16 if vocab_size <= 65536 else np.uint32
 

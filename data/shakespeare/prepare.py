@@ -3,13 +3,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import base_parser, fetch_text, gpt2_tokenizer, write_dataset  # noqa: E402
+from common import base_parser, gpt2_tokenizer, shakespeare_splits, write_dataset  # noqa: E402
 
-URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 if __name__ == '__main__':
     args = base_parser(__doc__, HERE).parse_args()
-    text = fetch_text(URL, os.path.join(HERE, 'input.txt'), args)
-    n = int(0.9 * len(text))
-    write_dataset(args.out_dir, gpt2_tokenizer(), text[:n], text[n:], text, args.input or URL)
+    text, train, val, source = shakespeare_splits(args, HERE)
+    write_dataset(args.out_dir, gpt2_tokenizer(), train, val, text, source)
