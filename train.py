@@ -722,7 +722,10 @@ while True:
             with open(csv_path, 'a', newline='') as f:
                 csv.writer(f).writerow(['' if entry[k] is None else entry[k] for k in CSV_FIELDS])
             if wandb_log:
-                wandb.log({k: v for k, v in entry.items() if v is not None}, step=iter_num)
+                flat = {k: v for k, v in entry.items() if v is not None and k != 'expert_fractions'}
+                for layer, shares in enumerate(entry.get('expert_fractions', [])):  # one chart per layer and expert
+                    flat.update({f'expert_fractions/layer{layer}/expert{e}': v for e, v in enumerate(shares)})
+                wandb.log(flat, step=iter_num)
         write_run_log()
         line = (f"iter {iter_num}: loss {mean_loss:.4f}, lr {entry['lr']:.2e}, grad norm {entry['grad_norm']:.2f}, "
                 f"{dt * 1000:.1f} ms/iter, {tokens_per_sec:,.0f} tok/s"

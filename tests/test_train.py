@@ -225,7 +225,9 @@ def test_sample_bad_inputs(data, tmp_path):
 def test_wandb_offline(data, tmp_path, monkeypatch):
     pytest.importorskip('wandb')
     monkeypatch.setenv('WANDB_DIR', str(tmp_path))
-    train(data, tmp_path / 'o', '--max_iters=2', '--eval_interval=2', '--log_interval=1', '--wandb_log=True')
+    # MoE and per-layer statistics: the nested fields must reach wandb too
+    train(data, tmp_path / 'o', '--max_iters=2', '--eval_interval=2', '--log_interval=1', '--wandb_log=True',
+          '--arch_preset=moe', '--n_kv_head=1', '--grad_stats_interval=1')
     runs = [n for n in os.listdir(tmp_path / 'wandb') if n.startswith('offline-run-')]
     assert len(runs) == 1 and os.listdir(tmp_path / 'wandb' / runs[0])
 
