@@ -650,8 +650,8 @@ while True:
         scaler.unscale_(opt)
     if will_log:  # before clipping, like the norm below
         stats = monitor.grad_stats(raw_model, sum_over_shards, per_layer=layer_stats)
-    # the global norm before clipping (for FSDP too); max_norm=inf measures without clipping
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float('inf'))
+    if grad_clip or will_log:  # the global norm before clipping (for FSDP too); max_norm=inf only measures it
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float('inf'))
     weights_before = monitor.snapshot_weights(raw_model) if layer_stats else None
     for opt in optimizers:
         scaler.step(opt)
