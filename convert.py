@@ -227,8 +227,8 @@ def read_hf_dir(hf_dir):
     files = sorted(glob.glob(os.path.join(hf_dir, '*.safetensors')))
     tensors = {}
     if files:
-        from safetensors.torch import load_file
         require('safetensors')
+        from safetensors.torch import load_file
         for name in files:
             tensors.update(load_file(name))
     elif os.path.isfile(os.path.join(hf_dir, 'pytorch_model.bin')):
@@ -298,6 +298,7 @@ def export(source, hf_dir):
     ckpt = ckpt_files.load(source)
     config = GPTConfig(**ckpt['model_args'])
     hf, tensors = to_hf(config, ckpt['model'])
+    require('safetensors')
     from safetensors.torch import save_file
     os.makedirs(hf_dir, exist_ok=True)
     hf.save_pretrained(hf_dir)

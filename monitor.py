@@ -18,6 +18,14 @@ def _local(t):
     return t.to_local() if hasattr(t, 'to_local') else t
 
 
+def state_bytes(raw_model, optimizers):
+    """Bytes this rank holds for parameters, gradients (same size) and optimizer state: its shards under FSDP."""
+    params = sum(_local(p).nbytes for p in raw_model.parameters())
+    states = sum(_local(v).nbytes for opt in optimizers for s in opt.state.values() for v in s.values()
+                 if torch.is_tensor(v) and v.dim() > 0)
+    return {'parameter_bytes': params, 'gradient_bytes': params, 'optimizer_bytes': states}
+
+
 def layer_group(name):
     """The group a parameter belongs to for per-group statistics."""
     if name.startswith('blocks.'):

@@ -408,19 +408,6 @@ def bits_per_byte(loss, split):
     return loss / math.log(2) * meta[f'{split}_tokens'] / meta[f'{split}_bytes']
 
 
-def local_bytes(tensors):
-    """Bytes this rank holds for these tensors (its shard, for FSDP's DTensors)."""
-    return sum((t.to_local() if hasattr(t, 'to_local') else t).nbytes for t in tensors)
-
-
-def memory_report():
-    params = list(raw_model.parameters())
-    local = [optimizers[0].optim] if zero else optimizers  # ZeRO-1 wraps the AdamW holding this rank's share
-    states = [v for opt in local for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
-    return {'parameter_bytes': local_bytes(params), 'gradient_bytes': local_bytes(params),
-            'optimizer_bytes': local_bytes(states)}
-
-
 # ---- run log: JSON (rewritten atomically, so always valid), CSV, wandb; rank 0 only ----
 run_log = {
     'run_name': wandb_run_name or os.path.basename(os.path.abspath(out_dir)),
@@ -620,7 +607,7 @@ while True:
             save_checkpoint(stop)
         finish(stop, 130 if stop == 'interrupted' else 0)
 
-    will_log = (iter_num + 1) % log_interval == 0 or iter_num + 1 == max_iters
+    will_log = (iter_num + 1) % log_interval == 0 or iter_num + 1 == max_iters  # this step ends on a log line
     layer_stats = will_log and (iter_num + 1) % grad_stats_interval == 0
     lr_scale = get_lr(iter_num) / learning_rate if learning_rate else 0.0
     for group in (g for opt in optimizers for g in opt.param_groups):
@@ -674,15 +661,16 @@ while True:
             torch.cuda.synchronize()
         warmup_s = time.time() - t_log
         run_log['startup_info']['warmup_s'] = round(warmup_s, 3)
-        run_log['startup_info']['memory_per_rank'] = memory_report()
+        # ZeRO-1 wraps the AdamW that holds this rank's share of the optimizer state
+        run_log['startup_info']['memory_per_rank'] = monitor.state_bytes(
+            raw_model, [optimizers[0].optim] if zero else optimizers)
         say(f"first step {warmup_s:.2f} s{' (compilation included)' if compile else ''}; memory per rank: "
             + ', '.join(f"{k.replace('_bytes', '')} {v / 2 ** 20:.2f} MiB"
                         for k, v in run_log['startup_info']['memory_per_rank'].items()))
         t_log, timed_iters = time.time(), 0
 
-    at_log = iter_num % log_interval == 0 or iter_num == max_iters
     time_up = max_time is not None and time.time() - train_start >= max_time
-    if at_log:  # ranks agree on stopping here, where they synchronise anyway; one process checks every step
+    if will_log:  # ranks agree on stopping here, where they synchronise anyway; one process checks every step
         flags = torch.tensor([float(interrupted), float(time_up)], device=device, dtype=torch.float64)
         totals = sum_over_ranks(torch.cat([torch.stack(iteration_losses), aux_sum.view(1), flags])).tolist()
         per_iteration = [t / gradient_accumulation_steps for t in totals[:-3]]
@@ -692,7 +680,7 @@ while True:
     else:
         stop_votes = time_votes = 0
     stop = 'interrupted' if stop_votes else 'max_time' if time_votes else None
-    if at_log:
+    if will_log:
         # the one host sync per log interval: the mean loss over every micro-step of every rank since the last line
         n_iters = len(per_iteration)
         mean_loss = sum(per_iteration) / n_iters
