@@ -514,6 +514,7 @@ def finish(reason, status=0):
         wandb.finish()
     say(f"stopped at iteration {iter_num}: {reason}")
     if distributed:
+        dist.barrier()  # no rank tears down gloo/NCCL while another still writes (that can abort the process)
         dist.destroy_process_group()
     sys.exit(status)
 
