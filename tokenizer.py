@@ -2,10 +2,10 @@
 The one place tokenizers are rebuilt from a dataset's meta.json (training, sampling, evaluation).
 
 meta.json["tokenizer"] is one of
-  {"type": "char", "chars": "..."}                       token i is chars[i]
+  {"type": "char", "chars": "..."}                       token i is chars[i] ("end_of_text": true adds one more id)
   {"type": "tiktoken", "name": "gpt2"}                   OpenAI BPE (set TIKTOKEN_CACHE_DIR offline)
   {"type": "sentencepiece", "model": "tokenizer.model"}  model file next to meta.json
-  {"type": "huggingface", "path": "hf-model/"}          a transformers tokenizer folder (imported models)
+  {"type": "huggingface", "path": "hf-model/"}          a transformers tokenizer folder (relative to meta.json)
 """
 import json
 import os
@@ -18,8 +18,9 @@ class Tokenizer:
         if kind == 'char':
             self.chars = spec['chars']
             self.index = {ch: i for i, ch in enumerate(self.chars)}
-            self.vocab_size = len(self.chars)
-            self.eot = None
+            # corpora of documents end each with an end-of-text id, one past the characters
+            self.eot = len(self.chars) if spec.get('end_of_text') else None
+            self.vocab_size = len(self.chars) + (self.eot is not None)
         elif kind == 'tiktoken':
             import tiktoken
             self.enc = tiktoken.get_encoding(spec['name'])
@@ -35,7 +36,7 @@ class Tokenizer:
             self.eot = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
         elif kind == 'huggingface':
             from transformers import AutoTokenizer
-            self.hf = AutoTokenizer.from_pretrained(spec['path'])
+            self.hf = AutoTokenizer.from_pretrained(os.path.join(data_dir, spec['path']))
             self.vocab_size = len(self.hf)
             self.eot = self.hf.eos_token_id
         else:
@@ -53,6 +54,27 @@ class Tokenizer:
         if self.kind == 'huggingface':
             return self.hf.encode(text, add_special_tokens=False)
         return self.sp.encode(text)
+
+    def encode_documents(self, texts):
+        """Token ids of many documents, each followed by one end-of-text token, as one numpy array."""
+        import numpy as np
+        if self.kind == 'tiktoken':  # a loop beats encode_ordinary_batch's thread pool on short documents
+            lists = [self.enc.encode_ordinary(t) for t in texts]
+        elif self.kind == 'sentencepiece':
+            lists = self.sp.encode(texts)
+        elif self.kind == 'huggingface':
+            lists = self.hf(texts, add_special_tokens=False)['input_ids']
+        else:
+            lists = [self.encode(t) for t in texts]
+        dtype = np.uint16 if self.vocab_size <= 65536 else np.uint32
+        out = np.empty(sum(len(ids) for ids in lists) + len(lists), dtype=dtype)
+        position = 0
+        for ids in lists:
+            out[position:position + len(ids)] = ids
+            position += len(ids)
+            out[position] = self.eot
+            position += 1
+        return out
 
     def decode(self, ids):
         ids = [int(i) for i in ids]

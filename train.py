@@ -20,7 +20,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, fields, replace
 import statistics
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -28,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import checkpoint as ckpt_files
+import loader
 import convert
 from configurator import configure
 import monitor
@@ -59,6 +59,7 @@ wandb_run_name = ''
 dataset = 'shakespeare_char'
 data_dir = ''  # default data/<dataset>
 batch_size = 12  # micro-batch size
+sampling = 'auto'  # random (windows anywhere) | epoch (every window once per epoch) | auto: epoch for sharded corpora
 gradient_accumulation_steps = 1
 # model: arch_preset, then any GPTConfig field (None = the preset's value)
 arch_preset = 'gpt2'
@@ -180,16 +181,15 @@ if not os.path.isdir(data_dir):
     known = sorted(d for d in os.listdir(os.path.join(ROOT, 'data'))
                    if os.path.isfile(os.path.join(ROOT, 'data', d, 'prepare.py')))
     die(f"unknown dataset {dataset!r}: no folder {data_dir}; known: {', '.join(known)}")
-for _name in ('train.bin', 'val.bin', 'meta.json'):
-    if not os.path.isfile(os.path.join(data_dir, _name)):
-        die(f"{os.path.join(data_dir, _name)} is missing; run python data/{dataset}/prepare.py first")
+if not os.path.isfile(os.path.join(data_dir, 'meta.json')):
+    die(f"{os.path.join(data_dir, 'meta.json')} is missing; run python data/{dataset}/prepare.py first")
 meta = read_meta(data_dir)
-token_dtype = np.dtype(meta['dtype'])
-
-
-def split_data(split):
-    # a fresh memmap per batch keeps memory flat (numpy memmaps hold pages otherwise)
-    return np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=token_dtype, mode='r')
+if sampling not in loader.SAMPLING:
+    die(f"sampling={sampling!r} is invalid; allowed: {', '.join(loader.SAMPLING)}")
+try:
+    streams = {split: loader.TokenStream(data_dir, split, meta) for split in ('train', 'val')}
+except (OSError, ValueError) as e:
+    die(f"{e}; run python data/{dataset}/prepare.py first" if isinstance(e, FileNotFoundError) else str(e))
 
 
 # ---- model config: checkpoint's, a Hugging Face model's, or preset + overrides ----
@@ -218,9 +218,9 @@ if meta['vocab_size'] > model_config.vocab_size:
     die(f"the dataset's vocabulary ({meta['vocab_size']} in {data_dir}/meta.json) is larger than the model's "
         f"vocab_size={model_config.vocab_size}")
 block = model_config.block_size
-for _split in ('train', 'val'):
-    if len(split_data(_split)) <= block + 1:
-        die(f"block_size={block} is larger than the {_split} split ({len(split_data(_split))} tokens)")
+for _split, _stream in streams.items():
+    if _stream.total <= block + 1:
+        die(f"block_size={block} is larger than the {_split} split ({_stream.total} tokens)")
 for k in ARCH_FIELDS:  # the config records the model actually built
     config[k] = getattr(model_config, k)
 
@@ -334,6 +334,7 @@ if master:
     for path in stale_files:
         ckpt_files.remove(path)
 tokens_per_iter = gradient_accumulation_steps * batch_size * block
+batches = loader.Batches(streams, meta, block, batch_size, gradient_accumulation_steps, seed, sampling, device)
 
 # ---- MFU: the model's FLOPs per token (as torch's FLOP counter counts them) against the device's peak ----
 device_name = torch.cuda.get_device_name(device) if device_type == 'cuda' else platform.processor() or device_type
@@ -342,22 +343,6 @@ if peak is None:
     say(f"warning: {peak_source}")
 flops_per_token = raw_model.flops_per_token()
 attention_flops, ffn_flops = raw_model.flops_breakdown()
-
-
-def get_batch(split, rng):
-    data = split_data(split)
-    starts = rng.integers(0, len(data) - block - 1, size=batch_size)
-    x = torch.from_numpy(np.stack([data[i:i + block] for i in starts]).astype(np.int64))
-    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block] for i in starts]).astype(np.int64))
-    if device_type == 'cuda':
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
-
-
-def batch_rng(iteration, micro_step):
-    # a training batch (and its dropout masks) is a pure function of (seed, iteration, global micro-step):
-    # the same on any number of ranks, no sampler state to save, and evaluation can never shift it
-    return np.random.default_rng([seed, 0, iteration, micro_step])
 
 
 def sum_over_ranks(t):
@@ -371,11 +356,11 @@ def estimate_loss():
     """Mean cross-entropy per split over eval_iters fixed batches, shared out over the ranks."""
     model.eval()
     out = {}
-    for split_id, split in enumerate(('train', 'val')):
+    for split in ('train', 'val'):
         total = 0.0
         for k in range(rank, math.ceil(eval_iters / world_size) * world_size, world_size):
             # every rank runs the same number of forwards (FSDP's all-gathers need all of them); extras count 0
-            x, y = get_batch(split, np.random.default_rng([seed, 1, split_id, k % eval_iters]))
+            x, y = batches.eval(split, k % eval_iters)
             with autocast, attention_context():
                 model(x, y)
             total += raw_model.ce_loss.item() if k < eval_iters else 0.0
@@ -436,8 +421,9 @@ run_log = {
         'warmup_s': None,
         **monitor.reproducibility_info(device_type),
         'seed': seed,
-        'dataset': {'dir': data_dir, **{k: meta.get(k) for k in ('vocab_size', 'train_tokens', 'val_tokens',
-                                                                  'source', 'source_sha256')}},
+        'dataset': {'dir': data_dir, 'sampling': batches.sampling, 'shards': len(streams['train'].paths),
+                    **{k: meta.get(k) for k in ('vocab_size', 'train_tokens', 'val_tokens', 'train_documents',
+                                                'source', 'source_sha256', 'fingerprint')}},
         'command': ' '.join([sys.executable, *sys.argv]),
         'resumed_from': {'iter': start_iter} if checkpoint is not None else None,
     },
@@ -445,7 +431,7 @@ run_log = {
 }
 CSV_FIELDS = ['iter', 'loss', 'loss_variance', 'aux_loss', 'lr', 'grad_norm', 'grad_clipped', 'grad_mean', 'grad_std',
               'grad_non_finite', 'time_ms', 'tokens_per_sec', 'tokens_seen', 'mfu', 'achieved_tflops',
-              'memory_allocated_mb', 'memory_peak_mb', 'memory_reserved_mb']
+              'memory_allocated_mb', 'memory_peak_mb', 'memory_reserved_mb', 'epoch']
 csv_path = os.path.join(out_dir, 'metrics.csv')
 if master:
     os.makedirs(out_dir, exist_ok=True)
@@ -476,7 +462,7 @@ def save_checkpoint(reason):
         'iter_num': iter_num,
         'best_val_loss': best_val_loss,
         'tokens_seen': tokens_seen,
-        'seed': seed,  # with iter_num, all the sampler state there is (see batch_rng)
+        'seed': seed,  # with iter_num, all the sampler state there is (see loader.py)
         'world_size': world_size,
         'config': config,
         'meta': meta,
@@ -552,13 +538,6 @@ def on_sigint(signum, frame):
     say("\ninterrupted: finishing this iteration, then checkpointing")
 
 
-def train_batch(iteration, micro_step):
-    """(x, y, dropout seed) of one global micro-step: a pure function of (seed, iteration, micro-step)."""
-    rng = batch_rng(iteration, micro_step)
-    x, y = get_batch('train', rng)
-    return x, y, int(rng.integers(2 ** 62))
-
-
 def sum_over_shards(t):  # FSDP ranks hold different shards; DDP/ZeRO-1 ranks hold the same full gradients
     return sum_over_ranks(t) if parallelism == 'fsdp' else t
 
@@ -570,7 +549,7 @@ def zeros():
 signal.signal(signal.SIGINT, on_sigint)
 iteration_losses, aux_sum, recent_losses, expert_sum = [], zeros(), [], None
 timed_iters, grad_norm, stop, warmup_s, stats = 0, torch.zeros(()), None, None, {}
-next_batch = train_batch(iter_num, rank)
+next_batch = batches.prefetch(iter_num, rank)
 profiler = None
 if profile:
     profiler = torch.profiler.profile(
@@ -617,7 +596,7 @@ while True:
     for j in range(local_accumulation):
         micro_step = rank + j * world_size  # rank r takes global micro-steps r, r+W, r+2W, ...
         last = j == local_accumulation - 1
-        x, y, dropout_seed = next_batch
+        x, y, dropout_seed = next_batch.result()
         torch.manual_seed(dropout_seed)  # dropout masks follow the micro-step, not the rank
         if distributed and parallelism == 'fsdp':
             model.set_requires_gradient_sync(last)  # reduce-scatter gradients only after the last micro-step
@@ -625,8 +604,8 @@ while True:
             model.require_backward_grad_sync = last  # DDP: all-reduce only after the last micro-step
         with autocast, attention_context():
             _, loss = model(x, y)
-        # fetch the next micro-batch while the device computes this one
-        next_batch = train_batch(iter_num, micro_step + world_size) if not last else train_batch(iter_num + 1, rank)
+        # read the next micro-batch in the background while this one computes
+        next_batch = batches.prefetch(iter_num, micro_step + world_size) if not last else batches.prefetch(iter_num + 1, rank)
         loss_sum = loss_sum + raw_model.ce_loss
         if raw_model.aux_loss is not None:
             aux_sum = aux_sum + raw_model.aux_loss
@@ -697,7 +676,8 @@ while True:
                  'loss_variance': statistics.pvariance(recent_losses) if len(recent_losses) > 1 else 0.0,
                  'aux_loss': mean_aux, 'lr': get_lr(iter_num - 1), 'grad_norm': float(norm),
                  'grad_clipped': bool(grad_clip and float(norm) > grad_clip), **stats,
-                 'time_ms': dt * 1000, 'tokens_per_sec': tokens_per_sec, 'tokens_seen': tokens_seen, 'warmup': warm,
+                 'time_ms': dt * 1000, 'tokens_per_sec': tokens_per_sec, 'tokens_seen': tokens_seen,
+                 'epoch': batches.epoch(iter_num), 'warmup': warm,
                  'mfu': perf.mfu(flops_per_token, tokens_per_sec, peak, world_size),
                  'achieved_tflops': flops_per_token * tokens_per_sec / world_size / 1e12,
                  'flops_per_token': flops_per_token, **monitor.memory_stats(device_type, device)}
@@ -717,7 +697,7 @@ while True:
                 wandb.log(flat, step=iter_num)
         write_run_log()
         line = (f"iter {iter_num}: loss {mean_loss:.4f}, lr {entry['lr']:.2e}, grad norm {entry['grad_norm']:.2f}, "
-                f"{dt * 1000:.1f} ms/iter, {tokens_per_sec:,.0f} tok/s"
+                f"{dt * 1000:.1f} ms/iter, {tokens_per_sec:,.0f} tok/s, epoch {entry['epoch']:.3f}"
                 + (f", MFU {entry['mfu']:.1%}" if entry['mfu'] is not None else '')
                 + (f", mem {entry['memory_allocated_mb']:,.0f} MiB" if entry['memory_allocated_mb'] else ''))
         if progress and sys.stdout.isatty():

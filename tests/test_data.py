@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import SHARED, run
+from loader import TokenStream
 from tokenizer import load_tokenizer
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\n  All:\tSpeak, speak!  \n"
@@ -19,7 +20,8 @@ def check_dataset(out_dir, text=None):
     assert tok.vocab_size == meta['vocab_size']
     arrays = {}
     for split in ('train', 'val'):
-        arrays[split] = np.fromfile(os.path.join(out_dir, f'{split}.bin'), dtype=meta['dtype'])
+        stream = TokenStream(str(out_dir), split, meta)  # one train.bin, or the shards meta.json lists
+        arrays[split] = stream.windows([0], stream.total)[0]
         assert len(arrays[split]) == meta[f'{split}_tokens'] > 0
         assert arrays[split].max() < meta['vocab_size']
     if text is not None:
@@ -96,9 +98,11 @@ def test_custom_folder_with_train_and_val(tmp_path, tokenizer):
     prepare('custom', f'--input={tmp_path / "in"}', f'--out_dir={tmp_path / "d"}', f'--tokenizer={tokenizer}',
             '--vocab_size=400')
     meta, tok = check_dataset(tmp_path / 'd')
-    assert tok.decode(np.fromfile(tmp_path / 'd' / 'val.bin', dtype=meta['dtype'])) == TEXT[:500]
+    val = TokenStream(str(tmp_path / 'd'), 'val', meta).windows([0], meta['val_tokens'])[0]
+    assert val[-1] == tok.eot and (val == tok.eot).sum() == 1  # one document, one end-of-text token
+    assert tok.decode(val[:-1]) == TEXT[:500].strip()  # a .txt file is one document, stripped
     if tokenizer == 'sentencepiece':  # reuse the trained model for another dataset
-        prepare('custom', f'--input={tmp_path / "in" / "val"}', f'--out_dir={tmp_path / "d2"}',
+        prepare('custom', f'--input={tmp_path / "in"}', f'--out_dir={tmp_path / "d2"}',
                 '--tokenizer=sentencepiece', f'--sp_model={tmp_path / "d" / "tokenizer.model"}')
         assert load_tokenizer(tmp_path / 'd2').vocab_size == tok.vocab_size
 

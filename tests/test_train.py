@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,7 +201,14 @@ def test_bad_inputs_fail_cleanly_and_keep_existing_files(data, tmp_path):
                                                    in_process=False))
     empty = tmp_path / 'empty'
     empty.mkdir()
-    assert 'train.bin is missing' in one_error_line(train(empty, out, '--overwrite=True', check=False))
+    assert 'meta.json is missing' in one_error_line(train(empty, out, '--overwrite=True', check=False))
+    (empty / 'meta.json').write_bytes((Path(data) / 'meta.json').read_bytes())
+    assert 'train.bin' in one_error_line(train(empty, out, '--overwrite=True', check=False))
+    (empty / 'train.bin').write_bytes((Path(data) / 'train.bin').read_bytes()[:-2])  # one uint16 short
+    (empty / 'val.bin').write_bytes((Path(data) / 'val.bin').read_bytes())
+    assert 'prepare it again' in one_error_line(train(empty, out, '--overwrite=True', check=False))
+    assert "sampling='shuffled' is invalid" in one_error_line(
+        train(data, out, '--overwrite=True', '--sampling=shuffled', check=False))
     assert 'larger than the model' in one_error_line(train(data, out, '--overwrite=True', '--vocab_size=5', check=False))
     assert 'block_size=100000 is larger' in one_error_line(
         train(data, out, '--overwrite=True', '--block_size=100000', check=False))

@@ -1,43 +1,26 @@
-"""Any text as a dataset:
-python data/custom/prepare.py --input DIR_OR_FILE --tokenizer char|gpt2|sentencepiece [--out_dir data/mine]
+"""Any corpus as a dataset, tokenized in parallel into shards (see data/corpus.py):
 
---input is a .txt file, a folder of .txt files (split 90/10), or a folder with train/ and val/ subfolders.
-sentencepiece trains a BPE on the training split (--vocab_size), or reuses a trained one with --sp_model."""
+    python data/custom/prepare.py --input corpus/ extra/*.parquet --tokenizer gpt2 --out_dir data/mine
+
+--input takes files, folders and globs of .txt (one document per file, or --doc_separator), .jsonl,
+.jsonl.gz, .jsonl.zst and .parquet (--text_column, default text). A folder holding train/ and val/
+subfolders gives the val split explicitly; otherwise --val_input files do, or a --val_fraction of the
+documents chosen by a hash of their text. Train with: python train.py --data_dir=data/mine ..."""
+import argparse
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import base_parser, char_tokenizer, die, gpt2_tokenizer, read_text_files, train_sentencepiece, write_dataset  # noqa: E402
-from tokenizer import Tokenizer  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+import corpus  # noqa: E402
 
 if __name__ == '__main__':
-    parser = base_parser(__doc__, HERE)
-    parser.add_argument('--tokenizer', choices=['char', 'gpt2', 'sentencepiece'], default='char')
-    parser.add_argument('--vocab_size', type=int, default=16000, help='for a newly trained SentencePiece model')
-    parser.add_argument('--sp_model', help='an existing SentencePiece .model file to use instead of training one')
+    parser = corpus.add_arguments(argparse.ArgumentParser(description=__doc__,
+                                                          formatter_class=argparse.RawDescriptionHelpFormatter),
+                                  default_out_dir=os.path.dirname(os.path.abspath(__file__)), need_input=False)
     args = parser.parse_args()
     if not args.input:
-        die("custom needs --input: a .txt file or a folder of .txt files")
-    if os.path.isdir(os.path.join(args.input, 'train')) and os.path.isdir(os.path.join(args.input, 'val')):
-        train = read_text_files(os.path.join(args.input, 'train'))
-        val = read_text_files(os.path.join(args.input, 'val'))
-    else:
-        text = read_text_files(args.input)
-        n = int(0.9 * len(text))
-        train, val = text[:n], text[n:]
-    if args.tokenizer == 'char':
-        tokenizer = char_tokenizer(train + val)
-    elif args.tokenizer == 'gpt2':
-        tokenizer = gpt2_tokenizer()
-    elif args.sp_model:
-        if not os.path.isfile(args.sp_model):
-            die(f"--sp_model {args.sp_model} does not exist")
-        os.makedirs(args.out_dir, exist_ok=True)
-        shutil.copyfile(args.sp_model, os.path.join(args.out_dir, 'tokenizer.model'))
-        tokenizer = Tokenizer({'type': 'sentencepiece', 'model': 'tokenizer.model'}, args.out_dir)
-    else:
-        tokenizer = train_sentencepiece(train, args.out_dir, args.vocab_size)
-    write_dataset(args.out_dir, tokenizer, train, val, train + val, args.input)
+        corpus.die("custom needs --input: files, folders or globs of .txt, .jsonl(.gz/.zst) or .parquet")
+    if len(args.input) == 1 and not args.val_input and all(
+            os.path.isdir(os.path.join(args.input[0], d)) for d in ('train', 'val')):
+        args.input, args.val_input = [os.path.join(args.input[0], 'train')], [os.path.join(args.input[0], 'val')]
+    corpus.main(args)

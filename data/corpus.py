@@ -1,0 +1,626 @@
+"""
+The corpus engine behind every large dataset: documents from .txt, .jsonl, .jsonl.gz, .jsonl.zst and .parquet
+files are tokenized by worker processes into token shards, in bounded memory, resumably.
+
+    python data/custom/prepare.py --input corpus/ more/*.parquet --tokenizer gpt2 --out_dir data/mine
+
+How it works:
+- The inputs are cut into units of work whose boundaries depend only on the files: a byte range of a .jsonl or
+  .txt file (a unit owns the lines, or the documents, that start inside its range), a row group of a .parquet
+  file, a whole compressed .jsonl file, a run of small one-document .txt files.
+- Each worker process streams its unit's documents, encodes about a megabyte of text at a time, appends exactly
+  one end-of-text token after each document, and writes the unit's train and val tokens to part files. A unit is
+  done once its record (a small json) exists; every write is a temp file renamed into place, so a prepare killed
+  at any moment (kill -9 included) and run again with the same command redoes only the unfinished units.
+- A document goes to val when a hash of its text falls under --val_fraction (the same document always lands in
+  the same split, whatever the order or the number of processes), or when it comes from a --val_input file.
+- Parts are then concatenated in unit order into shards of about --shard_tokens tokens (train_000000.bin, ...,
+  val_000000.bin), and meta.json, written last, lists them with their token, document and byte counts.
+  The output bytes depend only on the inputs and the options, never on --num_proc.
+"""
+import argparse
+import glob
+import gzip
+import hashlib
+import importlib
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import threading
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from tokenizer import Tokenizer  # noqa: E402
+
+SUFFIXES = ('.txt', '.jsonl', '.jsonl.gz', '.jsonl.zst', '.parquet')
+BATCH_BYTES = 1 << 20  # text encoded per call: bounds the Python token lists a worker holds
+WORK = '.prepare'  # the resumable state inside out_dir, removed once meta.json is written
+SPAWN = multiprocessing.get_context('spawn')  # fork would copy the parent's memory and its threads' locks
+
+
+class PrepareError(Exception):
+    """A bad input or option: reported as one line, exit status 2."""
+
+
+def die(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def need(module, package=None):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise PrepareError(f"reading this input needs {package or module}: pip install {package or module}")
+
+
+def kind_of(path):
+    name = path.lower()
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix[1:]
+    return None
+
+
+def expand_inputs(patterns):
+    """Files, folders (searched recursively) and globs -> a sorted, de-duplicated list of supported files."""
+    files = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        if not matches or not all(os.path.exists(m) for m in matches):
+            raise PrepareError(f"--input {pattern} does not exist")
+        for match in matches:
+            if os.path.isdir(match):
+                found = sorted(os.path.join(d, n) for d, _, names in os.walk(match) for n in names if kind_of(n))
+                if not found:
+                    raise PrepareError(f"no {', '.join(SUFFIXES)} files under {match}")
+                files += found
+            elif kind_of(match):
+                files.append(match)
+            else:
+                raise PrepareError(f"{match}: unsupported file type; allowed: {', '.join(SUFFIXES)}")
+    seen = set()
+    return [f for f in files if not (os.path.abspath(f) in seen or seen.add(os.path.abspath(f)))]
+
+
+# ---- planning: units of work that depend only on the files ----
+
+def plan_units(files, split, options):
+    """Units for one list of files; split is 'auto' (by document hash) or 'val' (every document)."""
+    unit_bytes = int(options['unit_mb'] * 2 ** 20)
+    units, small, small_bytes = [], [], 0
+
+    def flush_small():
+        nonlocal small_bytes
+        if small:
+            units.append({'kind': 'txt_files', 'files': list(small), 'split': split, 'bytes': small_bytes})
+            small.clear()
+            small_bytes = 0
+    for path in files:
+        kind, size = kind_of(path), os.path.getsize(path)
+        if kind == 'txt' and options['doc_separator'] is None:  # a file is a document: group small ones
+            small.append(path)
+            small_bytes += size
+            if small_bytes >= unit_bytes:
+                flush_small()
+            continue
+        flush_small()
+        if kind in ('jsonl', 'txt'):
+            for start in range(0, max(size, 1), unit_bytes):
+                units.append({'kind': kind, 'file': path, 'start': start, 'end': min(size, start + unit_bytes),
+                              'split': split, 'bytes': min(size, start + unit_bytes) - start})
+        elif kind == 'parquet':
+            pq = need('pyarrow.parquet', 'pyarrow')
+            try:
+                metadata = pq.ParquetFile(path).metadata
+            except Exception as e:
+                raise PrepareError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})")
+            columns = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
+            if options['text_column'] not in columns:
+                raise PrepareError(f"{path} has no column {options['text_column']!r} (--text_column); "
+                                   f"its columns: {', '.join(columns)}")
+            column = columns.index(options['text_column'])
+            for group in range(metadata.num_row_groups):
+                units.append({'kind': 'parquet', 'file': path, 'row_group': group, 'split': split,
+                              'bytes': metadata.row_group(group).column(column).total_uncompressed_size})
+        else:  # compressed jsonl cannot be entered in the middle: the whole file is one unit
+            units.append({'kind': kind, 'file': path, 'split': split, 'bytes': size})
+    flush_small()
+    return units
+
+
+# ---- reading: each unit streams its documents ----
+
+def find_from(f, needle, position):
+    """Offset of the first occurrence of needle at or after position, or None."""
+    f.seek(position)
+    carry = b''
+    while True:
+        chunk = f.read(1 << 20)
+        if not chunk:
+            return None
+        data = carry + chunk
+        at = data.find(needle)
+        if at >= 0:
+            return position - len(carry) + at
+        carry = data[-(len(needle) - 1):] if len(needle) > 1 else b''
+        position += len(chunk)
+
+
+def owned_lines(path, start, end):
+    """The lines of a file that start in [start, end)."""
+    with open(path, 'rb') as f:
+        if start > 0:
+            f.seek(start - 1)
+            f.readline()  # the line holding byte start-1 belongs to the previous unit
+        position = f.tell()
+        while position < end:
+            line = f.readline()
+            if not line:
+                return
+            position += len(line)
+            yield line
+
+
+def compressed_lines(path, kind):
+    if kind == 'jsonl.gz':
+        with gzip.open(path, 'rb') as f:
+            yield from f
+    else:
+        zstandard = need('zstandard')
+        with open(path, 'rb') as raw, zstandard.ZstdDecompressor().stream_reader(raw) as reader:
+            yield from io.BufferedReader(reader)
+
+
+def json_texts(lines, path, column):
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)[column]
+        except (ValueError, KeyError, TypeError) as e:
+            what = f"no field {column!r} (--text_column)" if isinstance(e, (KeyError, TypeError)) else 'invalid JSON'
+            raise PrepareError(f"{path}: a line has {what}: {line[:80]!r}")
+        if not isinstance(text, str):
+            raise PrepareError(f"{path}: field {column!r} is not a string: {line[:80]!r}")
+        yield text
+
+
+def separated_texts(path, start, end, separator):
+    """Documents between separators that start in [start, end), stripped of surrounding whitespace.
+
+    A unit's first document begins after the first separator that ends at or after start, its last one ends at
+    the first separator that ends at or after end: the next unit finds that same separator, so none is lost."""
+    sep = separator.encode('utf-8')
+    with open(path, 'rb') as f:
+        first = 0
+        if start > 0:
+            found = find_from(f, sep, start - len(sep))
+            if found is None or found + len(sep) >= end:
+                return  # no document starts in this range
+            first = found + len(sep)
+        stop = find_from(f, sep, max(first, end - len(sep)))
+        f.seek(first)
+        data = f.read() if stop is None else f.read(stop - first)
+    for document in data.decode('utf-8', errors='replace').split(separator):
+        yield document.strip()
+
+
+def unit_texts(unit, options):
+    kind = unit['kind']
+    if kind == 'txt_files':
+        for path in unit['files']:
+            with open(path, 'rb') as f:
+                yield f.read().decode('utf-8', errors='replace').strip()
+    elif kind == 'txt':
+        yield from separated_texts(unit['file'], unit['start'], unit['end'], options['doc_separator'])
+    elif kind == 'jsonl':
+        yield from json_texts(owned_lines(unit['file'], unit['start'], unit['end']), unit['file'],
+                              options['text_column'])
+    elif kind in ('jsonl.gz', 'jsonl.zst'):
+        yield from json_texts(compressed_lines(unit['file'], kind), unit['file'], options['text_column'])
+    else:
+        pq = need('pyarrow.parquet', 'pyarrow')
+        batches = pq.ParquetFile(unit['file']).iter_batches(batch_size=1024, row_groups=[unit['row_group']],
+                                                            columns=[options['text_column']])
+        for batch in batches:
+            for text in batch.column(0).to_pylist():
+                yield text or ''
+
+
+def goes_to_val(data, fraction):
+    """A document's split from a hash of its bytes: stable across runs, orders and process counts."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), 'little') < fraction * 2 ** 64
+
+
+# ---- workers ----
+_worker = {}
+
+
+def init_worker(spec, data_dir, options, progress_queue):
+    _worker.update(tokenizer=Tokenizer(spec, data_dir), options=options, queue=progress_queue,
+                   parent=os.getppid())
+
+
+def atomic_json(path, obj):
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def process_unit(job):
+    """Tokenize one unit into its part files; returns (index, record). Runs in a worker process."""
+    index, unit, work_dir = job
+    tokenizer, options, queue = _worker['tokenizer'], _worker['options'], _worker['queue']
+    dtype = np.dtype(options['dtype'])
+    parts = {split: os.path.join(work_dir, f'unit_{index:07d}.{split}.bin') for split in ('train', 'val')}
+    # temp names carry the pid: a worker orphaned by a killed run cannot collide with the rerun's
+    files = {split: open(f'{path}.{os.getpid()}.tmp', 'wb') for split, path in parts.items()}
+    counts = {split: {'tokens': 0, 'documents': 0, 'bytes': 0} for split in parts}
+    pending = {split: [] for split in parts}
+    pending_bytes, content = 0, hashlib.sha256()
+
+    def flush():
+        for split, texts in pending.items():
+            if texts:
+                ids = tokenizer.encode_documents(texts)
+                ids.tofile(files[split])
+                counts[split]['tokens'] += len(ids)
+                if queue is not None:
+                    queue.put((0, len(ids)))
+                texts.clear()
+        if _worker['parent'] is not None and os.getppid() != _worker['parent']:  # the prepare that started us is gone (killed): stop quietly
+            os._exit(1)
+
+    for text in unit_texts(unit, options):
+        if not text:
+            continue
+        data = text.encode('utf-8')
+        content.update(data)
+        split = unit['split'] if unit['split'] != 'auto' else \
+            'val' if goes_to_val(data, options['val_fraction']) else 'train'
+        pending[split].append(text)
+        counts[split]['documents'] += 1
+        counts[split]['bytes'] += len(data)
+        pending_bytes += len(data)
+        if pending_bytes >= BATCH_BYTES:
+            flush()
+            pending_bytes = 0
+    flush()
+    for split, f in files.items():
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(f.name, parts[split])
+    if queue is not None:
+        queue.put((unit['bytes'], 0))
+    record = {**counts, 'sha256': content.hexdigest()}
+    atomic_json(os.path.join(work_dir, f'unit_{index:07d}.json'), record)  # the unit is done once this exists
+    return index, record
+
+
+def collect_characters(job):
+    """The set of characters of one unit's documents (the char tokenizer's first pass)."""
+    index, unit, options = job
+    chars = set()
+    for text in unit_texts(unit, options):
+        chars.update(text)
+    return ''.join(sorted(chars))
+
+
+# ---- the whole prepare ----
+
+def fingerprint(units, spec, digest, options):
+    """What the output depends on: the inputs (path, size, mtime), the tokenizer and the options."""
+    files = sorted({f for u in units for f in (u.get('files') or [u['file']])})
+    stats = [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]
+    text = json.dumps([stats, spec, digest, {k: v for k, v in options.items() if k != 'dtype'}], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def tokenizer_digest(tokenizer, data_dir):
+    """A hash of the tokenizer's own files (SentencePiece model, Hugging Face folder), so a changed one is noticed."""
+    spec, digest = tokenizer.spec, hashlib.sha256(str(tokenizer.vocab_size).encode())
+    path = os.path.join(data_dir, spec.get('model') or spec.get('path') or '')
+    files = [path] if os.path.isfile(path) else sorted(glob.glob(os.path.join(path, '*'))) if spec.get('path') else []
+    for name in files:
+        with open(name, 'rb') as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def run_pool(function, jobs, num_proc, initargs=None):
+    """Results of function over jobs (unordered) in num_proc worker processes (in this one for num_proc=1)."""
+    if num_proc == 1:
+        if initargs is not None:
+            init_worker(*initargs)
+            _worker['parent'] = None
+        yield from map(function, jobs)
+        return
+    with SPAWN.Pool(num_proc, initializer=init_worker if initargs else None, initargs=initargs or ()) as pool:
+        yield from pool.imap_unordered(function, jobs, chunksize=1)
+
+
+def progress_bar(total, initial, description):
+    """A tqdm bar over input bytes (MB/s and ETA) with tokens/s, or None without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print("(pip install tqdm for a progress bar)")
+        return None
+    return tqdm(total=total, initial=initial, unit='B', unit_scale=True, unit_divisor=1024, desc=description,
+                smoothing=0.1, mininterval=1.0, dynamic_ncols=True)
+
+
+def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text_column='text',
+            doc_separator=None, num_proc=None, unit_mb=16, shard_tokens=100_000_000, overwrite=False,
+            source=None):
+    """Tokenize a corpus into out_dir; returns meta. tokenizer is a Tokenizer, or 'char' (vocabulary from the
+    corpus). Raises PrepareError for bad input."""
+    num_proc = num_proc or os.cpu_count() or 1
+    if num_proc < 1:
+        raise PrepareError(f"--num_proc={num_proc} must be at least 1")
+    if not 0 <= val_fraction < 1:
+        raise PrepareError(f"--val_fraction={val_fraction} must be in [0, 1)")
+    if unit_mb <= 0 or shard_tokens < 1:
+        raise PrepareError("--unit_mb and --shard_tokens must be positive")
+    options = {'val_fraction': val_fraction, 'text_column': text_column, 'doc_separator': doc_separator or None,
+               'unit_mb': unit_mb, 'shard_tokens': shard_tokens}
+    train_files = expand_inputs(inputs)
+    val_files = expand_inputs(val_inputs) if val_inputs else []
+    units = plan_units(train_files, 'auto' if not val_files else 'train', options) + plan_units(val_files, 'val', options)
+    if val_files:
+        options['val_fraction'] = 0.0  # explicit val files: every other document trains
+    if val_files == [] and val_fraction == 0:
+        raise PrepareError("no val split: pass --val_fraction > 0 or --val_input files")
+    os.makedirs(out_dir, exist_ok=True)
+    work_dir = os.path.join(out_dir, WORK)
+
+    if tokenizer == 'char':
+        spec = char_spec(units, options, work_dir, num_proc)
+        tokenizer = Tokenizer(spec, out_dir)
+    spec = tokenizer.spec
+    if tokenizer.eot is None:
+        raise PrepareError(f"tokenizer {spec['type']} has no end-of-text token to end documents with")
+    options['dtype'] = np.dtype(np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32).name
+    key = fingerprint(units, spec, tokenizer_digest(tokenizer, out_dir), options)
+
+    meta_path = os.path.join(out_dir, 'meta.json')
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            old = json.load(f)
+        if old.get('fingerprint') == key:
+            shutil.rmtree(work_dir, ignore_errors=True)  # a run killed after meta.json, before cleaning up
+            print(f"{out_dir} is already prepared from these inputs ({old['train_tokens']:,} train tokens)")
+            return old
+        if not overwrite:
+            raise PrepareError(f"{out_dir} already holds a dataset prepared from other inputs or options; "
+                               f"pass --overwrite to replace it, or choose another --out_dir")
+        os.remove(meta_path)
+    os.makedirs(work_dir, exist_ok=True)
+    plan_path = os.path.join(work_dir, 'plan.json')
+    if os.path.exists(plan_path):
+        with open(plan_path) as f:
+            if json.load(f)['fingerprint'] != key:
+                if not overwrite:
+                    raise PrepareError(f"{work_dir} holds an unfinished prepare of other inputs or options; "
+                                       f"pass --overwrite to discard it")
+                shutil.rmtree(work_dir)
+                os.makedirs(work_dir)
+    if not os.path.exists(plan_path):
+        atomic_json(plan_path, {'fingerprint': key, 'units': len(units)})
+
+    records = {}
+    for index in range(len(units)):
+        path = os.path.join(work_dir, f'unit_{index:07d}.json')
+        if os.path.exists(path):
+            with open(path) as f:
+                records[index] = json.load(f)
+    todo = [(i, u, work_dir) for i, u in enumerate(units) if i not in records]
+    total = sum(u['bytes'] for u in units)
+    done_bytes = sum(units[i]['bytes'] for i in records)
+    if records:
+        print(f"resuming: {len(records)} of {len(units)} units already done")
+    print(f"tokenizing {len(train_files) + len(val_files)} files ({total / 2 ** 20:,.1f} MiB in {len(units)} units) "
+          f"with {spec.get('name', spec['type'])} in {min(num_proc, max(1, len(todo)))} processes")
+    bar = progress_bar(total, done_bytes, 'tokenizing') if todo else None
+    queue, reader, started = None, None, time.time()
+    if bar is not None:
+        queue = SPAWN.Queue() if num_proc > 1 else _LocalQueue()
+        tokens = [0]
+
+        def follow():
+            while True:
+                item = queue.get()
+                if item is None:
+                    return
+                bar.update(item[0])
+                tokens[0] += item[1]
+                bar.set_postfix_str(f"{tokens[0] / max(1e-9, time.time() - started):,.0f} tok/s", refresh=False)
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+    try:
+        for index, record in run_pool(process_unit, todo, min(num_proc, max(1, len(todo))),
+                                      (spec, out_dir, options, queue)):
+            records[index] = record
+    finally:
+        if reader is not None:
+            queue.put(None)
+            reader.join()
+            bar.close()
+    meta = write_shards(units, records, work_dir, out_dir, tokenizer, options)
+    meta.update({'fingerprint': key, 'source': source or [*inputs, *val_inputs],
+                 'prepare': {k: v for k, v in options.items() if k != 'dtype'}})
+    atomic_json(meta_path, meta)  # its presence means the dataset is complete
+    shutil.rmtree(work_dir, ignore_errors=True)
+    elapsed = time.time() - started
+    print(f"{out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens from "
+          f"{meta['train_documents'] + meta['val_documents']:,} documents in {len(meta['shards']['train'])} + "
+          f"{len(meta['shards']['val'])} shards ({elapsed:.1f} s)")
+    return meta
+
+
+class _LocalQueue:
+    """The progress queue when everything runs in this process."""
+    def __init__(self):
+        import queue
+        self.q = queue.SimpleQueue()
+
+    def put(self, item):
+        self.q.put(item)
+
+    def get(self):
+        return self.q.get()
+
+
+def char_spec(units, options, work_dir, num_proc):
+    """The char tokenizer's vocabulary: every character of the corpus (a first, parallel pass), plus end-of-text."""
+    chars = set()
+    for found in run_pool(collect_characters, [(i, u, options) for i, u in enumerate(units)],
+                          min(num_proc, max(1, len(units)))):
+        chars.update(found)
+    return {'type': 'char', 'chars': ''.join(sorted(chars)), 'end_of_text': True}
+
+
+def write_shards(units, records, work_dir, out_dir, tokenizer, options):
+    """Concatenate the unit parts, in unit order, into shards of about shard_tokens tokens; returns meta."""
+    itemsize = np.dtype(options['dtype']).itemsize
+    shards = {}
+    for split in ('train', 'val'):
+        groups, current = [], []
+        for index in range(len(units)):
+            if records[index][split]['tokens']:
+                current.append(index)
+                if sum(records[i][split]['tokens'] for i in current) >= options['shard_tokens']:
+                    groups.append(current)
+                    current = []
+        if current:
+            groups.append(current)
+        if not groups:
+            raise PrepareError(f"the {split} split is empty" + (" (raise --val_fraction or pass --val_input)"
+                                                                 if split == 'val' else ''))
+        shards[split] = []
+        for number, group in enumerate(groups):
+            name = f'{split}_{number:06d}.bin'
+            path = os.path.join(out_dir, name)
+            counts = {k: sum(records[i][split][k] for i in group) for k in ('tokens', 'documents', 'bytes')}
+            if not (os.path.exists(path) and os.path.getsize(path) == counts['tokens'] * itemsize):
+                tmp = f'{path}.{os.getpid()}.tmp'
+                with open(tmp, 'wb') as out:
+                    for i in group:
+                        with open(os.path.join(work_dir, f'unit_{i:07d}.{split}.bin'), 'rb') as part:
+                            shutil.copyfileobj(part, out, 1 << 24)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, path)
+            shards[split].append({'file': name, **counts})
+    totals = {f'{split}_{k}': sum(s[k] for s in shards[split]) for split in shards for k in ('tokens', 'documents', 'bytes')}
+    # a hash of every document's text in order, from the units' own hashes
+    source_sha256 = hashlib.sha256(''.join(records[i]['sha256'] for i in range(len(units))).encode()).hexdigest()
+    return {'tokenizer': tokenizer.spec, 'vocab_size': tokenizer.vocab_size, 'dtype': options['dtype'],
+            'eot_token': tokenizer.eot, **totals, 'source_sha256': source_sha256, 'shards': shards}
+
+
+def add_arguments(parser, default_out_dir=None, need_input=True):
+    """The engine's command-line options, shared by every corpus script."""
+    parser.add_argument('--input', nargs='+', required=need_input, default=None,
+                        help=f"files, folders or globs of {', '.join(SUFFIXES)}")
+    parser.add_argument('--val_input', nargs='+', default=[], help='files whose documents form the val split '
+                        '(instead of a --val_fraction of the documents)')
+    parser.add_argument('--out_dir', default=default_out_dir, required=default_out_dir is None)
+    parser.add_argument('--tokenizer', default='gpt2',
+                        help='gpt2 | char | sentencepiece | a Hugging Face tokenizer folder')
+    parser.add_argument('--sp_model', help='an existing SentencePiece .model (else one is trained on a sample)')
+    parser.add_argument('--vocab_size', type=int, default=32000, help='for a newly trained SentencePiece model')
+    parser.add_argument('--sp_sample_mb', type=float, default=100, help='MiB of text to train SentencePiece on')
+    parser.add_argument('--num_proc', type=int, default=os.cpu_count() or 1, help='worker processes (all cores)')
+    parser.add_argument('--val_fraction', type=float, default=0.0005,
+                        help='share of documents (by a hash of their text) that go to val')
+    parser.add_argument('--text_column', default='text', help='the text field of .jsonl and .parquet records')
+    parser.add_argument('--doc_separator', default=None,
+                        help="split .txt files into documents at this string (e.g. '<|endoftext|>'); "
+                             "default: each .txt file is one document")
+    parser.add_argument('--unit_mb', type=float, default=16, help='MiB per unit of work (the resume granularity)')
+    parser.add_argument('--shard_tokens', type=int, default=100_000_000, help='tokens per output shard (about)')
+    parser.add_argument('--overwrite', action='store_true', help='replace a dataset prepared from other inputs')
+    return parser
+
+
+def make_tokenizer(args):
+    """The tokenizer named by --tokenizer: a Tokenizer, or 'char' (built from the corpus by prepare)."""
+    name = args.tokenizer
+    if name == 'char':
+        return 'char'
+    if name == 'gpt2':
+        try:
+            return Tokenizer({'type': 'tiktoken', 'name': 'gpt2'})
+        except Exception as e:
+            raise PrepareError(f"could not load the GPT-2 BPE ({type(e).__name__}); offline, set "
+                               f"TIKTOKEN_CACHE_DIR to a tiktoken cache")
+    if name == 'sentencepiece':
+        os.makedirs(args.out_dir, exist_ok=True)
+        target = os.path.join(args.out_dir, 'tokenizer.model')
+        if args.sp_model:
+            if not os.path.isfile(args.sp_model):
+                raise PrepareError(f"--sp_model {args.sp_model} does not exist")
+            if os.path.abspath(args.sp_model) != os.path.abspath(target):
+                shutil.copyfile(args.sp_model, target)
+            return Tokenizer({'type': 'sentencepiece', 'model': 'tokenizer.model'}, args.out_dir)
+        if os.path.isfile(target) and os.path.exists(os.path.join(args.out_dir, WORK, 'plan.json')):
+            print(f"resuming with the SentencePiece model trained before: {target}")
+            return Tokenizer({'type': 'sentencepiece', 'model': 'tokenizer.model'}, args.out_dir)
+        from common import train_sentencepiece
+        return train_sentencepiece(sample_text(args), args.out_dir, args.vocab_size)
+    if os.path.isdir(name):
+        target = os.path.join(args.out_dir, 'tokenizer')
+        if os.path.abspath(name) != os.path.abspath(target):
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(name, target)
+        try:
+            return Tokenizer({'type': 'huggingface', 'path': 'tokenizer'}, args.out_dir)
+        except ImportError:
+            raise PrepareError("a Hugging Face tokenizer folder needs transformers: pip install transformers")
+        except Exception as e:
+            raise PrepareError(f"--tokenizer {name}: not a Hugging Face tokenizer folder ({str(e).splitlines()[0]})")
+    raise PrepareError(f"--tokenizer {name!r} is invalid; allowed: gpt2, char, sentencepiece, or a Hugging Face "
+                       f"tokenizer folder")
+
+
+def sample_text(args):
+    """The first --sp_sample_mb MiB of documents, in unit order: what a new SentencePiece model learns from."""
+    options = {'text_column': args.text_column, 'doc_separator': args.doc_separator or None, 'unit_mb': args.unit_mb}
+    limit, texts, size = args.sp_sample_mb * 2 ** 20, [], 0
+    for unit in plan_units(expand_inputs(args.input), 'auto', options):
+        for text in unit_texts(unit, options):
+            texts.append(text)
+            size += len(text)
+            if size >= limit:
+                return '\n'.join(texts)
+    return '\n'.join(texts)
+
+
+def main(args, source=None):
+    """Run the engine from parsed arguments; bad input ends in one line and exit status 2."""
+    try:
+        return prepare(args.input, args.out_dir, make_tokenizer(args), val_inputs=args.val_input,
+                       val_fraction=args.val_fraction, text_column=args.text_column,
+                       doc_separator=args.doc_separator, num_proc=args.num_proc, unit_mb=args.unit_mb,
+                       shard_tokens=args.shard_tokens, overwrite=args.overwrite, source=source)
+    except PrepareError as e:
+        die(str(e))
+    except KeyboardInterrupt:
+        die("interrupted; run the same command again to continue where it stopped")
+
+
+if __name__ == '__main__':
+    main(add_arguments(argparse.ArgumentParser(description=__doc__,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter)).parse_args())

@@ -1,0 +1,136 @@
+"""
+Training batches from a prepared dataset: its token shards read as one stream through memmaps, each batch a pure
+function of (seed, iteration, global micro-step), and a background thread that reads the next micro-batch while
+the device computes.
+
+    sampling = 'random'  windows starting anywhere, drawn with replacement (nanoGPT's way)
+    sampling = 'epoch'   the stream cut into windows of block_size + 1 tokens that overlap by one token (every
+                         token is a target exactly once), visited once per epoch in a seeded permutation
+
+Neither keeps state beyond the seed: resume is exact and 1, 2 or 8 ranks see the same data. The permutation is a
+keyed Feistel network over the window indices, so it costs no memory whatever the corpus size.
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+SAMPLING = ('auto', 'random', 'epoch')
+
+
+class TokenStream:
+    """One split's shards (meta.json 'shards', or the single <split>.bin of a small dataset) as one token array."""
+
+    def __init__(self, data_dir, split, meta):
+        shards = meta.get('shards', {}).get(split) or [{'file': f'{split}.bin', 'tokens': meta[f'{split}_tokens']}]
+        self.paths = [os.path.join(data_dir, s['file']) for s in shards]
+        self.dtype = np.dtype(meta['dtype'])
+        for path, shard in zip(self.paths, shards):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(path)
+            if os.path.getsize(path) != shard['tokens'] * self.dtype.itemsize:
+                raise ValueError(f"{path} holds {os.path.getsize(path) // self.dtype.itemsize:,} tokens but "
+                                 f"meta.json says {shard['tokens']:,}: the dataset is incomplete, prepare it again")
+        self.starts = np.cumsum([0] + [s['tokens'] for s in shards])
+        self.total = int(self.starts[-1])
+
+    def windows(self, starts, length):
+        """Rows of `length` tokens from each start position, crossing shard boundaries where they must."""
+        out = np.empty((len(starts), length), dtype=np.int64)
+        for row, start in enumerate(starts):
+            start, filled = int(start), 0
+            shard = int(np.searchsorted(self.starts, start, side='right')) - 1
+            while filled < length:
+                # a fresh memmap per read keeps memory flat (a long-lived one keeps the pages it touched)
+                data = np.memmap(self.paths[shard], dtype=self.dtype, mode='r')
+                offset = start + filled - int(self.starts[shard])
+                piece = data[offset:offset + length - filled]
+                out[row, filled:filled + len(piece)] = piece
+                filled += len(piece)
+                shard += 1
+        return out
+
+
+def _mix(x):
+    """splitmix64's finalizer on uint64 arrays (wrapping arithmetic): a cheap, well-spread hash."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xbf58476d1ce4e5b9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94d049bb133111eb)
+    return x ^ (x >> np.uint64(31))
+
+
+def permute(positions, n, key):
+    """A pseudorandom permutation of range(n) applied to positions: 4-round Feistel, cycle-walking into range."""
+    half = max(1, ((n - 1).bit_length() + 1) // 2)
+    mask, shift = np.uint64((1 << half) - 1), np.uint64(half)
+
+    def encrypt(x):
+        left, right = x >> shift, x & mask
+        for k in round_keys:
+            left, right = right, left ^ (_mix(right ^ k) & mask)
+        return (left << shift) | right
+    with np.errstate(over='ignore'):  # the hash's arithmetic wraps on purpose
+        round_keys = _mix(np.arange(4, dtype=np.uint64) + np.uint64(key % 2 ** 64) * np.uint64(4))
+        x = encrypt(np.asarray(positions, dtype=np.uint64))
+        outside = x >= n
+        while outside.any():  # the domain is at most 4n: a few more rounds bring every value into range
+            x[outside] = encrypt(x[outside])
+            outside = x >= n
+    return x.astype(np.int64)
+
+
+class Batches:
+    """Training and evaluation batches of one run."""
+
+    def __init__(self, streams, meta, block_size, batch_size, gradient_accumulation_steps, seed, sampling, device):
+        if sampling not in SAMPLING:
+            raise ValueError(f"sampling={sampling!r} is invalid; allowed: {', '.join(SAMPLING)}")
+        self.sampling = sampling if sampling != 'auto' else 'epoch' if 'shards' in meta else 'random'
+        self.streams = streams  # {'train': TokenStream, 'val': TokenStream}
+        self.block, self.batch_size, self.accumulation = block_size, batch_size, gradient_accumulation_steps
+        self.seed, self.device = seed, device
+        self.windows_per_epoch = (self.streams['train'].total - 1) // block_size
+        self.prefetcher = ThreadPoolExecutor(1, thread_name_prefix='prefetch')
+
+    def to_device(self, rows):
+        x = torch.from_numpy(np.ascontiguousarray(rows[:, :-1]))
+        y = torch.from_numpy(np.ascontiguousarray(rows[:, 1:]))
+        if self.device.startswith('cuda'):
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+    def random_rows(self, split, rng):
+        starts = rng.integers(0, self.streams[split].total - self.block - 1, size=self.batch_size)
+        return self.streams[split].windows(starts, self.block + 1)
+
+    def train(self, iteration, micro_step):
+        """(x, y, dropout seed) of one global micro-step: a pure function of (seed, iteration, micro-step)."""
+        rng = np.random.default_rng([self.seed, 0, iteration, micro_step])
+        if self.sampling == 'random':
+            rows = self.random_rows('train', rng)
+        else:
+            first = (iteration * self.accumulation + micro_step) * self.batch_size  # samples before this one
+            samples = np.arange(first, first + self.batch_size, dtype=np.int64)
+            epochs, positions = np.divmod(samples, self.windows_per_epoch)
+            windows = np.empty_like(samples)
+            for epoch in np.unique(epochs):  # a batch may straddle two epochs
+                inside = epochs == epoch
+                key = int(np.random.default_rng([self.seed, 2, int(epoch)]).integers(2 ** 63))  # a new order each epoch
+                windows[inside] = permute(positions[inside], self.windows_per_epoch, key)
+            rows = self.streams['train'].windows(windows * self.block, self.block + 1)
+        return (*self.to_device(rows), int(rng.integers(2 ** 62)))
+
+    def prefetch(self, iteration, micro_step):
+        """Start reading a training micro-batch in the background; .result() gives what train() gives."""
+        return self.prefetcher.submit(self.train, iteration, micro_step)
+
+    def eval(self, split, k):
+        """The k-th fixed evaluation batch of a split: the same at every evaluation."""
+        return self.to_device(self.random_rows(split, np.random.default_rng([self.seed, 1, int(split == 'val'), k])))
+
+    def epoch(self, iteration):
+        """How many times over the training tokens the first `iteration` iterations went."""
+        samples = iteration * self.accumulation * self.batch_size
+        if self.sampling == 'epoch':
+            return samples / self.windows_per_epoch
+        return samples * self.block / self.streams['train'].total
