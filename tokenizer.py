@@ -58,6 +58,13 @@ class Tokenizer:
     def encode_documents(self, texts):
         """Token ids of many documents, each followed by one end-of-text token, as one numpy array."""
         import numpy as np
+        dtype = np.uint16 if self.vocab_size <= 65536 else np.uint32
+        if self.kind == 'tiktoken' and hasattr(self.enc, 'encode_to_numpy'):
+            # encode_ordinary's tokens (special-token text is plain text) straight into an array, no Python ints
+            eot, parts = np.array([self.eot], dtype=np.uint32), []
+            for text in texts:
+                parts += [self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=()), eot]
+            return np.concatenate(parts).astype(dtype)
         if self.kind == 'tiktoken':  # a loop beats encode_ordinary_batch's thread pool on short documents
             lists = [self.enc.encode_ordinary(t) for t in texts]
         elif self.kind == 'sentencepiece':
@@ -66,7 +73,6 @@ class Tokenizer:
             lists = self.hf(texts, add_special_tokens=False)['input_ids']
         else:
             lists = [self.encode(t) for t in texts]
-        dtype = np.uint16 if self.vocab_size <= 65536 else np.uint32
         out = np.empty(sum(len(ids) for ids in lists) + len(lists), dtype=dtype)
         position = 0
         for ids in lists:

@@ -28,6 +28,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -92,7 +93,7 @@ def expand_inputs(patterns):
 # ---- planning: units of work that depend only on the files ----
 
 def plan_units(files, split, options):
-    """Units for one list of files; split is 'auto' (by document hash) or 'val' (every document)."""
+    """Units for one list of files; split is 'auto' (by document hash), 'train' or 'val' (every document)."""
     unit_bytes = int(options['unit_mb'] * 2 ** 20)
     units, small, small_bytes = [], [], 0
 
@@ -127,8 +128,13 @@ def plan_units(files, split, options):
                                    f"its columns: {', '.join(columns)}")
             column = columns.index(options['text_column'])
             for group in range(metadata.num_row_groups):
-                units.append({'kind': 'parquet', 'file': path, 'row_group': group, 'split': split,
-                              'bytes': metadata.row_group(group).column(column).total_uncompressed_size})
+                rows = metadata.row_group(group).num_rows
+                size = metadata.row_group(group).column(column).total_uncompressed_size
+                pieces = max(1, min(rows, round(size / unit_bytes)))  # a large row group is cut into row ranges
+                for piece in range(pieces):
+                    units.append({'kind': 'parquet', 'file': path, 'row_group': group, 'split': split,
+                                  'rows': [rows * piece // pieces, rows * (piece + 1) // pieces],
+                                  'bytes': size // pieces})
         else:  # compressed jsonl cannot be entered in the middle: the whole file is one unit
             units.append({'kind': kind, 'file': path, 'split': split, 'bytes': size})
     flush_small()
@@ -179,9 +185,8 @@ def compressed_lines(path, kind):
 
 
 def json_texts(lines, path, column):
-    for number, line in enumerate(lines):
-        if not line.strip():
-            continue
+    """The column's text of each JSON line; 1024 lines are parsed in one call (per-line calls cost more)."""
+    def check(line):  # the slow path, only to name the bad line
         try:
             text = json.loads(line)[column]
         except (ValueError, KeyError, TypeError) as e:
@@ -189,7 +194,25 @@ def json_texts(lines, path, column):
             raise PrepareError(f"{path}: a line has {what}: {line[:80]!r}")
         if not isinstance(text, str):
             raise PrepareError(f"{path}: field {column!r} is not a string: {line[:80]!r}")
-        yield text
+        return text
+
+    def parse(chunk):
+        try:
+            texts = [record[column] for record in json.loads(b'[' + b','.join(chunk) + b']')]
+            if all(type(text) is str for text in texts):
+                return texts
+        except (ValueError, KeyError, TypeError):
+            pass
+        return [check(line) for line in chunk]
+    chunk = []
+    for line in lines:
+        if line.strip():
+            chunk.append(line)
+            if len(chunk) == 1024:
+                yield from parse(chunk)
+                chunk = []
+    if chunk:
+        yield from parse(chunk)
 
 
 def separated_texts(path, start, end, separator):
@@ -227,10 +250,10 @@ def unit_texts(unit, options):
         yield from json_texts(compressed_lines(unit['file'], kind), unit['file'], options['text_column'])
     else:
         pq = need('pyarrow.parquet', 'pyarrow')
-        batches = pq.ParquetFile(unit['file']).iter_batches(batch_size=1024, row_groups=[unit['row_group']],
-                                                            columns=[options['text_column']])
-        for batch in batches:
-            for text in batch.column(0).to_pylist():
+        column = pq.ParquetFile(unit['file']).read_row_group(unit['row_group'], columns=[options['text_column']])[0]
+        first, last = unit['rows']
+        for start in range(first, last, 1024):
+            for text in column.slice(start, min(1024, last - start)).to_pylist():
                 yield text or ''
 
 
@@ -244,8 +267,10 @@ _worker = {}
 
 
 def init_worker(spec, data_dir, options, progress_queue):
-    _worker.update(tokenizer=Tokenizer(spec, data_dir), options=options, queue=progress_queue,
-                   parent=os.getppid())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    if spec is not None:
+        _worker.update(tokenizer=Tokenizer(spec, data_dir), options=options, queue=progress_queue,
+                       parent=os.getppid())
 
 
 def atomic_json(path, obj):
@@ -257,45 +282,51 @@ def atomic_json(path, obj):
     os.replace(tmp, path)
 
 
+def batches_of_text(texts, size):
+    """Non-empty texts grouped into lists of about size bytes (counted in characters: cheap, close enough)."""
+    batch, length = [], 0
+    for text in texts:
+        if text:
+            batch.append(text)
+            length += len(text)
+            if length >= size:
+                yield batch
+                batch, length = [], 0
+    if batch:
+        yield batch
+
+
 def process_unit(job):
     """Tokenize one unit into its part files; returns (index, record). Runs in a worker process."""
     index, unit, work_dir = job
     tokenizer, options, queue = _worker['tokenizer'], _worker['options'], _worker['queue']
-    dtype = np.dtype(options['dtype'])
     parts = {split: os.path.join(work_dir, f'unit_{index:07d}.{split}.bin') for split in ('train', 'val')}
     # temp names carry the pid: a worker orphaned by a killed run cannot collide with the rerun's
     files = {split: open(f'{path}.{os.getpid()}.tmp', 'wb') for split, path in parts.items()}
     counts = {split: {'tokens': 0, 'documents': 0, 'bytes': 0} for split in parts}
-    pending = {split: [] for split in parts}
-    pending_bytes, content = 0, hashlib.sha256()
-
-    def flush():
-        for split, texts in pending.items():
-            if texts:
-                ids = tokenizer.encode_documents(texts)
+    content = hashlib.sha256()
+    for texts in batches_of_text(unit_texts(unit, options), BATCH_BYTES):
+        data = [text.encode('utf-8') for text in texts]
+        for d in data:
+            content.update(d)
+        if unit['split'] == 'auto':
+            val = [goes_to_val(d, options['val_fraction']) for d in data]
+            by_split = {'train': [i for i, v in enumerate(val) if not v], 'val': [i for i, v in enumerate(val) if v]}
+        else:
+            by_split = {unit['split']: range(len(texts))}
+        batch_tokens = 0
+        for split, chosen in by_split.items():
+            if chosen:
+                ids = tokenizer.encode_documents([texts[i] for i in chosen])
                 ids.tofile(files[split])
                 counts[split]['tokens'] += len(ids)
-                if queue is not None:
-                    queue.put((0, len(ids)))
-                texts.clear()
-        if _worker['parent'] is not None and os.getppid() != _worker['parent']:  # the prepare that started us is gone (killed): stop quietly
-            os._exit(1)
-
-    for text in unit_texts(unit, options):
-        if not text:
-            continue
-        data = text.encode('utf-8')
-        content.update(data)
-        split = unit['split'] if unit['split'] != 'auto' else \
-            'val' if goes_to_val(data, options['val_fraction']) else 'train'
-        pending[split].append(text)
-        counts[split]['documents'] += 1
-        counts[split]['bytes'] += len(data)
-        pending_bytes += len(data)
-        if pending_bytes >= BATCH_BYTES:
-            flush()
-            pending_bytes = 0
-    flush()
+                batch_tokens += len(ids)
+                counts[split]['documents'] += len(chosen)
+                counts[split]['bytes'] += sum(len(data[i]) for i in chosen)
+        if queue is not None:
+            queue.put((0, batch_tokens))
+        if _worker['parent'] is not None and os.getppid() != _worker['parent']:
+            os._exit(1)  # the prepare that started this worker was killed: stop quietly
     for split, f in files.items():
         f.flush()
         os.fsync(f.fileno())
@@ -342,12 +373,16 @@ def run_pool(function, jobs, num_proc, initargs=None):
     """Results of function over jobs (unordered) in num_proc worker processes (in this one for num_proc=1)."""
     if num_proc == 1:
         if initargs is not None:
-            init_worker(*initargs)
-            _worker['parent'] = None
+            _worker.update(tokenizer=Tokenizer(*initargs[:2]), options=initargs[2], queue=initargs[3], parent=None)
         yield from map(function, jobs)
         return
-    with SPAWN.Pool(num_proc, initializer=init_worker if initargs else None, initargs=initargs or ()) as pool:
+    pool = SPAWN.Pool(num_proc, initializer=init_worker, initargs=initargs or (None, None, None, None))
+    try:
         yield from pool.imap_unordered(function, jobs, chunksize=1)
+        pool.close()
+        pool.join()  # workers leave on their own, their last progress messages sent
+    finally:
+        pool.terminate()
 
 
 def progress_bar(total, initial, description):
@@ -362,7 +397,7 @@ def progress_bar(total, initial, description):
 
 
 def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text_column='text',
-            doc_separator=None, num_proc=None, unit_mb=16, shard_tokens=100_000_000, overwrite=False,
+            doc_separator=None, num_proc=None, unit_mb=8, shard_tokens=100_000_000, overwrite=False,
             source=None):
     """Tokenize a corpus into out_dir; returns meta. tokenizer is a Tokenizer, or 'char' (vocabulary from the
     corpus). Raises PrepareError for bad input."""
@@ -506,8 +541,10 @@ def write_shards(units, records, work_dir, out_dir, tokenizer, options):
         if current:
             groups.append(current)
         if not groups:
-            raise PrepareError(f"the {split} split is empty" + (" (raise --val_fraction or pass --val_input)"
-                                                                 if split == 'val' else ''))
+            documents = sum(r[s]['documents'] for r in records.values() for s in ('train', 'val'))
+            raise PrepareError(f"the {split} split is empty" + (
+                f": no document of {documents:,} was drawn by --val_fraction={options['val_fraction']}; raise it, "
+                f"or pass --val_input" if split == 'val' else ''))
         shards[split] = []
         for number, group in enumerate(groups):
             name = f'{split}_{number:06d}.bin'
@@ -549,7 +586,7 @@ def add_arguments(parser, default_out_dir=None, need_input=True):
     parser.add_argument('--doc_separator', default=None,
                         help="split .txt files into documents at this string (e.g. '<|endoftext|>'); "
                              "default: each .txt file is one document")
-    parser.add_argument('--unit_mb', type=float, default=16, help='MiB per unit of work (the resume granularity)')
+    parser.add_argument('--unit_mb', type=float, default=8, help='MiB per unit of work (the resume granularity)')
     parser.add_argument('--shard_tokens', type=int, default=100_000_000, help='tokens per output shard (about)')
     parser.add_argument('--overwrite', action='store_true', help='replace a dataset prepared from other inputs')
     return parser
@@ -608,9 +645,63 @@ def sample_text(args):
     return '\n'.join(texts)
 
 
-def main(args, source=None):
-    """Run the engine from parsed arguments; bad input ends in one line and exit status 2."""
+def download(repo, patterns, local_dir, revision=None, max_files=None):
+    """Files of a Hugging Face dataset repository matching patterns, downloaded into local_dir (a file already
+    there is skipped, an interrupted one resumes); returns their local paths."""
+    import fnmatch
     try:
+        from huggingface_hub import HfApi, hf_hub_download
+    except ImportError:
+        raise PrepareError("downloading needs huggingface_hub (pip install huggingface_hub); or pass --input "
+                           "with local copies of the files")
+    try:
+        names = sorted(f for f in HfApi().list_repo_files(repo, repo_type='dataset', revision=revision)
+                       if any(fnmatch.fnmatch(f, p) for p in patterns))
+    except Exception as e:
+        raise PrepareError(f"could not list {repo} on the Hugging Face hub ({type(e).__name__}); offline, pass "
+                           f"--input with local copies of its files")
+    if not names:
+        raise PrepareError(f"no files in {repo} match {', '.join(patterns)}")
+    names = names[:max_files] if max_files else names
+    print(f"downloading {len(names)} files of {repo} into {local_dir}")
+    paths = []
+    for name in names:
+        try:
+            paths.append(hf_hub_download(repo, name, repo_type='dataset', revision=revision, local_dir=local_dir))
+        except Exception as e:
+            raise PrepareError(f"could not download {name} from {repo} ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}); run again to resume")
+    return paths
+
+
+def split_folders(args):
+    """A single --input folder holding train/ and val/ (or validation/) subfolders gives both splits."""
+    if args.input and len(args.input) == 1 and not args.val_input and os.path.isdir(args.input[0]):
+        for val in ('val', 'validation'):
+            if all(os.path.isdir(os.path.join(args.input[0], d)) for d in ('train', val)):
+                args.input, args.val_input = [os.path.join(args.input[0], 'train')], [os.path.join(args.input[0], val)]
+                return
+
+
+def hub_arguments(parser, default_out_dir):
+    """Options of the scripts that fetch a corpus from the hub: local copies, or where and how much to fetch."""
+    add_arguments(parser, default_out_dir, need_input=False)
+    parser.add_argument('--download_dir', default=os.path.join(default_out_dir, 'source'),
+                        help='where downloaded files go (kept: a rerun skips them)')
+    parser.add_argument('--max_files', type=int, default=None, help='fetch only the first N files (a smaller corpus)')
+    return parser
+
+
+def main(args, source=None, fetch=None):
+    """Run the engine from parsed arguments; fetch() gives (inputs, val_inputs) when --input is absent.
+    Bad input ends in one line and exit status 2."""
+    try:
+        if not args.input:
+            if fetch is None:
+                raise PrepareError("this needs --input: files, folders or globs of "
+                                   f"{', '.join(SUFFIXES)}")
+            args.input, args.val_input = fetch()
+        split_folders(args)
         return prepare(args.input, args.out_dir, make_tokenizer(args), val_inputs=args.val_input,
                        val_fraction=args.val_fraction, text_column=args.text_column,
                        doc_separator=args.doc_separator, num_proc=args.num_proc, unit_mb=args.unit_mb,

@@ -26,6 +26,20 @@ def make_char_dataset(directory, text=None, seed=0):
     return str(directory)
 
 
+def make_sharded_dataset(directory, n_documents=300, seed=0):
+    """A corpus of jsonl documents prepared by the corpus engine: char tokens, several shards, epoch sampling."""
+    import random
+    import corpus
+    rng = random.Random(seed)
+    os.makedirs(directory, exist_ok=True)
+    source = os.path.join(directory, 'docs.jsonl')
+    with open(source, 'w') as f:
+        for _ in range(n_documents):
+            f.write(json.dumps({'text': ''.join(rng.choice('abcdefghij \n') for _ in range(rng.randint(5, 40)))}) + '\n')
+    corpus.prepare([source], str(directory), 'char', val_fraction=0.1, num_proc=1, unit_mb=0.002, shard_tokens=2000)
+    return str(directory)
+
+
 def run(script, *args, cwd=ROOT, timeout=300, in_process=True):
     """Run a project script as `python script args...` and return a CompletedProcess.
 

@@ -137,6 +137,12 @@ def test_gpt2_counts_are_encode_ordinary_plus_one(source, tmp_path):
     want = expected_streams(docs, tok.enc.encode_ordinary, tok.eot, 0.1)
     assert read_split(tmp_path / 'd', 'val').tolist() == want['val']
     assert meta['dtype'] == 'uint16' and meta['eot_token'] == 50256
+    # text that looks like a special token is ordinary text, as in encode_ordinary
+    special = 'before <|endoftext|> after'
+    (tmp_path / 'special.jsonl').write_text(json.dumps({'text': special}) + '\n')
+    corpus.prepare([str(tmp_path / 'special.jsonl')], str(tmp_path / 's'), tok, val_inputs=[str(tmp_path / 'special.jsonl')],
+                   num_proc=1)
+    assert read_split(tmp_path / 's', 'train').tolist() == tok.enc.encode_ordinary(special) + [tok.eot]
 
 
 def test_explicit_val_files(source, tmp_path):
@@ -275,3 +281,50 @@ def test_random_sampling_and_a_legacy_single_file_dataset(tmp_path):
     np.arange(90, dtype=np.uint16).tofile(tmp_path / 'train.bin')  # truncated: meta.json says 100
     with pytest.raises(ValueError, match='holds 90 tokens but meta.json says 100'):
         loader.TokenStream(str(tmp_path), 'train', meta)
+
+
+@pytest.mark.parametrize('script', ['openwebtext', 'fineweb_edu', 'slimpajama_627b'])
+def test_hub_corpora_offline_say_how_and_take_local_copies(script, source, tmp_path, monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    r = run(f'data/{script}/prepare.py', f'--out_dir={tmp_path / "d"}', '--tokenizer=char')
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and 'pass --input' in r.stderr, r.stderr
+    folder, docs = source
+    if script == 'slimpajama_627b':  # a local copy of the repository: train/ and validation/ folders
+        (tmp_path / 'copy' / 'train').mkdir(parents=True)
+        (tmp_path / 'copy' / 'validation').mkdir()
+        (tmp_path / 'copy' / 'train' / 'c.jsonl.zst').write_bytes((folder / 'c.jsonl.zst').read_bytes())
+        (tmp_path / 'copy' / 'validation' / 'b.jsonl.gz').write_bytes((folder / 'b.jsonl.gz').read_bytes())
+        r = run(f'data/{script}/prepare.py', f'--input={tmp_path / "copy"}', f'--out_dir={tmp_path / "d"}',
+                '--tokenizer=char', '--num_proc=1')
+        assert r.returncode == 0, r.stderr
+        meta = json.load(open(tmp_path / 'd' / 'meta.json'))
+        assert meta['val_documents'] == 25 and meta['train_documents'] == 25  # 150 documents in 6 files
+    else:
+        r = run(f'data/{script}/prepare.py', f'--input={folder / "d.parquet"}', f'--out_dir={tmp_path / "d"}',
+                '--tokenizer=char', '--val_fraction=0.2', '--num_proc=1')
+        assert r.returncode == 0, r.stderr
+        meta = json.load(open(tmp_path / 'd' / 'meta.json'))
+        assert meta['train_documents'] + meta['val_documents'] == 25
+
+
+@pytest.mark.skipif(not HAS_TIKTOKEN_CACHE, reason='no tiktoken cache in ../shared/data (GPT-2 BPE needs it offline)')
+def test_hugging_face_tokenizer_folder_and_sentencepiece(source, tmp_path, monkeypatch):
+    pytest.importorskip('transformers', reason='transformers is not installed (pip install transformers)')
+    import convert
+    monkeypatch.setenv('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
+    folder, docs = source
+    (tmp_path / 'hf').mkdir()
+    convert.save_gpt2_tokenizer(str(tmp_path / 'hf'))
+    for name, tokenizer in (('bpe', 'gpt2'), ('hf', str(tmp_path / 'hf'))):
+        r = run('data/custom/prepare.py', f'--input={folder}', f'--out_dir={tmp_path / name}', '--num_proc=1',
+                f'--tokenizer={tokenizer}', '--doc_separator=<|endoftext|>', '--val_fraction=0.2')
+        assert r.returncode == 0, r.stderr
+    assert load_tokenizer(tmp_path / 'hf').spec == {'type': 'huggingface', 'path': 'tokenizer'}
+    for split in ('train', 'val'):  # the same BPE through transformers gives the same tokens
+        assert np.array_equal(read_split(tmp_path / 'hf', split), read_split(tmp_path / 'bpe', split))
+    r = run('data/custom/prepare.py', f'--input={folder}', f'--out_dir={tmp_path / "sp"}', '--num_proc=1',
+            '--tokenizer=sentencepiece', '--vocab_size=300', '--doc_separator=<|endoftext|>', '--val_fraction=0.2')
+    assert r.returncode == 0, r.stderr
+    tok = load_tokenizer(tmp_path / 'sp')
+    train = read_split(tmp_path / 'sp', 'train')
+    assert tok.eot == 2 and (train == 2).sum() == json.load(open(tmp_path / 'sp' / 'meta.json'))['train_documents']

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, TINY_MODEL, iteration_losses, make_char_dataset, run_logs, train
+from helpers import ROOT, TINY_MODEL, iteration_losses, make_char_dataset, make_sharded_dataset, run_logs, train
 
 # 4 global micro-steps: one process accumulates 4, each of 2 ranks accumulates 2
 RUN = ['--max_iters=6', '--gradient_accumulation_steps=4', '--eval_interval=3', '--log_interval=1',
@@ -100,6 +100,15 @@ def test_two_ranks_without_accumulation_are_bit_identical(runs, tmp_path):
             '--dropout=0.1']  # dropout masks follow the global micro-step, so they match too
     train(data, tmp_path / 'single', *args)
     torchrun(data, tmp_path / 'ddp', *args, '--parallelism=ddp')
+    assert iteration_losses(tmp_path / 'ddp') == iteration_losses(tmp_path / 'single')
+
+
+def test_epoch_sampling_on_a_sharded_corpus_is_the_same_on_two_ranks(tmp_path):
+    data = make_sharded_dataset(tmp_path / 'data')
+    args = ['--max_iters=4', '--gradient_accumulation_steps=2', '--eval_interval=100', '--log_interval=1']
+    train(data, tmp_path / 'single', *args)
+    torchrun(data, tmp_path / 'ddp', *args, '--parallelism=ddp')
+    assert run_logs(tmp_path / 'ddp')[0]['startup_info']['dataset']['sampling'] == 'epoch'
     assert iteration_losses(tmp_path / 'ddp') == iteration_losses(tmp_path / 'single')
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ROOT, SHARED, TINY_MODEL, iteration_losses, make_char_dataset, run, run_logs, train
+from helpers import (ROOT, SHARED, TINY_MODEL, iteration_losses, make_char_dataset, make_sharded_dataset, run,
+                     run_logs, train)
 from model import GPT, GPTConfig
 
 
@@ -29,8 +30,16 @@ def test_overfits_a_few_hundred_tokens(tmp_path):
     assert losses[40] < 0.5 * losses[1], losses
 
 
-def test_exact_resume_is_bit_identical(data, tmp_path):
-    # dropout and gradient accumulation make the RNG and micro-step order part of what must be restored
+@pytest.fixture(scope='module')
+def sharded(tmp_path_factory):
+    return make_sharded_dataset(tmp_path_factory.mktemp('sharded'))
+
+
+@pytest.mark.parametrize('dataset', ['data', 'sharded'])
+def test_exact_resume_is_bit_identical(dataset, request, tmp_path):
+    # dropout and gradient accumulation make the RNG and micro-step order part of what must be restored;
+    # the sharded corpus samples by epoch (every window once), the single-file one at random
+    data = request.getfixturevalue(dataset)
     common = ['--log_interval=1', '--eval_interval=3', '--dropout=0.1', '--gradient_accumulation_steps=2',
               '--warmup_iters=2', '--lr_decay_iters=8']  # the schedule must not depend on max_iters
     train(data, tmp_path / 'straight', '--max_iters=8', *common)
@@ -44,6 +53,9 @@ def test_exact_resume_is_bit_identical(data, tmp_path):
     a = torch.load(tmp_path / 'straight' / 'ckpt_8.pt', weights_only=True)['model']
     b = torch.load(tmp_path / 'split' / 'ckpt_8.pt', weights_only=True)['model']
     assert all(torch.equal(a[k], b[k]) for k in a)
+    log = run_logs(tmp_path / 'straight')[0]
+    assert log['startup_info']['dataset']['sampling'] == ('epoch' if dataset == 'sharded' else 'random')
+    assert log['training_iterations'][-1]['epoch'] > log['training_iterations'][0]['epoch'] > 0
 
 
 def test_logged_loss_is_mean_over_micro_steps(data, tmp_path):

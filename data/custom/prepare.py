@@ -14,13 +14,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import corpus  # noqa: E402
 
 if __name__ == '__main__':
-    parser = corpus.add_arguments(argparse.ArgumentParser(description=__doc__,
-                                                          formatter_class=argparse.RawDescriptionHelpFormatter),
-                                  default_out_dir=os.path.dirname(os.path.abspath(__file__)), need_input=False)
-    args = parser.parse_args()
-    if not args.input:
-        corpus.die("custom needs --input: files, folders or globs of .txt, .jsonl(.gz/.zst) or .parquet")
-    if len(args.input) == 1 and not args.val_input and all(
-            os.path.isdir(os.path.join(args.input[0], d)) for d in ('train', 'val')):
-        args.input, args.val_input = [os.path.join(args.input[0], 'train')], [os.path.join(args.input[0], 'val')]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    args = corpus.add_arguments(parser, os.path.dirname(os.path.abspath(__file__)), need_input=False).parse_args()
     corpus.main(args)
