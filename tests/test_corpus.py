@@ -37,9 +37,9 @@ def documents(n, seed=0):
 def write_corpus(root, docs):
     """The documents spread over every input format, in an order the engine reads them (sorted paths);
     returns the documents as the engine sees them (.txt ones stripped, empty ones dropped)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import zstandard
+    pa = pytest.importorskip('pyarrow', reason='pyarrow is not installed (pip install pyarrow)')
+    pq = pytest.importorskip('pyarrow.parquet')
+    zstandard = pytest.importorskip('zstandard', reason='zstandard is not installed (pip install zstandard)')
     root.mkdir(parents=True, exist_ok=True)
     parts = np.array_split(np.arange(len(docs)), 6)
     seen = []
@@ -188,7 +188,7 @@ def test_kill_9_at_any_moment_then_rerun_gives_identical_bytes(source, tmp_path)
 
 
 def test_bad_input_is_one_line_and_keeps_the_dataset(source, tmp_path):
-    import pyarrow as pa
+    import pyarrow as pa  # the source fixture skips without it
     import pyarrow.parquet as pq
     folder, _ = source
 
