@@ -7,9 +7,7 @@ Train a GPT on one machine.
 Config is the plain globals below; config files and --key=value override them (configurator.py).
 Architecture globals left at None take the values of `arch_preset` (model.PRESETS).
 """
-import csv
 import glob
-import json
 import math
 import os
 import platform
@@ -28,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import checkpoint as ckpt_files
 import loader
+import runlog
 import convert
 from configurator import configure
 import monitor
@@ -393,8 +392,8 @@ def bits_per_byte(loss, split):
     return loss / math.log(2) * meta[f'{split}_tokens'] / meta[f'{split}_bytes']
 
 
-# ---- run log: JSON (rewritten atomically, so always valid), CSV, wandb; rank 0 only ----
-run_log = {
+# ---- run log (runlog.py): a .jsonl appended per line, the whole .json at the end, CSV, wandb; rank 0 only ----
+header = {
     'run_name': wandb_run_name or os.path.basename(os.path.abspath(out_dir)),
     'start_time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
     'config': config,
@@ -427,31 +426,8 @@ run_log = {
         'command': ' '.join([sys.executable, *sys.argv]),
         'resumed_from': {'iter': start_iter} if checkpoint is not None else None,
     },
-    'training_iterations': [], 'eval_steps': [], 'checkpoints': [], 'summary': {},
 }
-CSV_FIELDS = ['iter', 'loss', 'loss_variance', 'aux_loss', 'lr', 'grad_norm', 'grad_clipped', 'grad_mean', 'grad_std',
-              'grad_non_finite', 'time_ms', 'tokens_per_sec', 'tokens_seen', 'mfu', 'achieved_tflops',
-              'memory_allocated_mb', 'memory_peak_mb', 'memory_reserved_mb', 'epoch']
-csv_path = os.path.join(out_dir, 'metrics.csv')
-if master:
-    os.makedirs(out_dir, exist_ok=True)
-    stamp = time.strftime('%Y%m%d_%H%M%S')
-    log_path = os.path.join(out_dir, f'run_{stamp}.json')
-    for _n in range(1, 1000):
-        if not os.path.exists(log_path):
-            break
-        log_path = os.path.join(out_dir, f'run_{stamp}_{_n}.json')
-    if not os.path.exists(csv_path):
-        with open(csv_path, 'w', newline='') as f:
-            csv.writer(f).writerow(CSV_FIELDS)
-    if wandb_log:
-        import wandb
-        wandb.init(project=wandb_project, name=run_log['run_name'], config=config)
-
-
-def write_run_log():
-    if master:
-        ckpt_files.atomic_write(log_path, lambda f: f.write(json.dumps(run_log, indent=1).encode()))
+run_log = runlog.RunLog(out_dir, header, master, wandb_project if wandb_log else None)
 
 
 def save_checkpoint(reason):
@@ -481,23 +457,15 @@ def save_checkpoint(reason):
     if master:
         for old in ckpt_files.list_checkpoints(out_dir)[keep_last_n:]:
             ckpt_files.remove(old)
-    run_log['checkpoints'].append({'iter': iter_num, 'path': path, 'reason': reason})
+    run_log.checkpoint({'iter': iter_num, 'path': path, 'reason': reason})
     last_saved = iter_num
     return ckpt
 
 
 def finish(reason, status=0):
-    timed = [e for e in run_log['training_iterations'] if not e.get('warmup')]
-    run_log['summary'] = {'best_val_loss': best_val_loss if best_val_loss < float('inf') else None,
-                          'total_time_s': round(time.time() - START, 3), 'tokens_seen': tokens_seen,
-                          'iterations': iter_num, 'stop_reason': reason,
-                          # medians over log lines, the warm-up step excluded
-                          'median_time_ms': statistics.median(e['time_ms'] for e in timed) if timed else None,
-                          'median_tokens_per_sec': statistics.median(e['tokens_per_sec'] for e in timed) if timed else None,
-                          'median_mfu': statistics.median(e['mfu'] for e in timed) if timed and peak else None}
-    write_run_log()
-    if wandb_log and master:
-        wandb.finish()
+    run_log.finish({'best_val_loss': best_val_loss if best_val_loss < float('inf') else None,
+                    'total_time_s': round(time.time() - START, 3), 'tokens_seen': tokens_seen,
+                    'iterations': iter_num, 'stop_reason': reason})
     say(f"stopped at iteration {iter_num}: {reason}")
     if distributed:
         dist.barrier()  # no rank tears down gloo/NCCL while another still writes (that can abort the process)
@@ -519,12 +487,10 @@ if eval_only:
               for split, loss in losses.items()}
     for split, r in result.items():
         say(f"{split}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}, bits/byte {r['bits_per_byte']:.4f}")
-    run_log['eval_steps'].append({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
-                                  'eval': result})
+    run_log.evaluation({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'], 'eval': result})
     finish('eval_only')
 
-say(monitor.startup_report(run_log['startup_info']))
-write_run_log()
+say(monitor.startup_report(header['startup_info']))
 
 # ---- training loop ----
 interrupted = False
@@ -565,11 +531,9 @@ while True:
     if evaluate or (eval_iters and stop in ('max_iters', 'max_time') and iter_num != start_iter):
         losses = estimate_loss()
         say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        run_log['eval_steps'].append({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
-                                      'val_bits_per_byte': bits_per_byte(losses['val'], 'val'),
-                                      'time_s': round(time.time() - START, 3)})
-        if wandb_log and master:
-            wandb.log({'iter': iter_num, 'train/eval_loss': losses['train'], 'val/loss': losses['val']}, step=iter_num)
+        run_log.evaluation({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
+                            'val_bits_per_byte': bits_per_byte(losses['val'], 'val'),
+                            'time_s': round(time.time() - START, 3)})
         if not math.isfinite(losses['val']):
             stop_non_finite(losses['val'])
         improved = losses['val'] < best_val_loss
@@ -578,7 +542,6 @@ while True:
             ckpt = save_checkpoint(stop or 'eval')
             if improved and ckpt is not None:
                 ckpt_files.save(ckpt, os.path.join(out_dir, 'best.pt'))
-        write_run_log()
         if target_val_loss is not None and losses['val'] <= target_val_loss and stop is None:
             stop = 'target_val_loss'
         t_log, timed_iters = time.time(), 0  # evaluation and checkpoint time stay out of the throughput figures
@@ -640,13 +603,11 @@ while True:
         if device_type == 'cuda':
             torch.cuda.synchronize()
         warmup_s = time.time() - t_log
-        run_log['startup_info']['warmup_s'] = round(warmup_s, 3)
         # ZeRO-1 wraps the AdamW that holds this rank's share of the optimizer state
-        run_log['startup_info']['memory_per_rank'] = monitor.state_bytes(
-            raw_model, [optimizers[0].optim] if zero else optimizers)
+        state = monitor.state_bytes(raw_model, [optimizers[0].optim] if zero else optimizers)
+        run_log.update_startup(warmup_s=round(warmup_s, 3), memory_per_rank=state)
         say(f"first step {warmup_s:.2f} s{' (compilation included)' if compile else ''}; memory per rank: "
-            + ', '.join(f"{k.replace('_bytes', '')} {v / 2 ** 20:.2f} MiB"
-                        for k, v in run_log['startup_info']['memory_per_rank'].items()))
+            + ', '.join(f"{k.replace('_bytes', '')} {v / 2 ** 20:.2f} MiB" for k, v in state.items()))
         t_log, timed_iters = time.time(), 0
 
     time_up = max_time is not None and time.time() - train_start >= max_time
@@ -684,18 +645,9 @@ while True:
         if expert_sum is not None:  # share of routed slots per expert, per layer, over the interval and all ranks
             entry['expert_fractions'] = (sum_over_ranks(expert_sum) / expert_sum[0].sum().item() / world_size).tolist()
             expert_sum = None
-        run_log['training_iterations'].append(entry)
+        run_log.iteration(entry)
         if not math.isfinite(mean_loss):
             stop_non_finite(mean_loss)
-        if master:
-            with open(csv_path, 'a', newline='') as f:
-                csv.writer(f).writerow(['' if entry[k] is None else entry[k] for k in CSV_FIELDS])
-            if wandb_log:
-                flat = {k: v for k, v in entry.items() if v is not None and k != 'expert_fractions'}
-                for layer, shares in enumerate(entry.get('expert_fractions', [])):  # one chart per layer and expert
-                    flat.update({f'expert_fractions/layer{layer}/expert{e}': v for e, v in enumerate(shares)})
-                wandb.log(flat, step=iter_num)
-        write_run_log()
         line = (f"iter {iter_num}: loss {mean_loss:.4f}, lr {entry['lr']:.2e}, grad norm {entry['grad_norm']:.2f}, "
                 f"{dt * 1000:.1f} ms/iter, {tokens_per_sec:,.0f} tok/s, epoch {entry['epoch']:.3f}"
                 + (f", MFU {entry['mfu']:.1%}" if entry['mfu'] is not None else '')

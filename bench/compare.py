@@ -15,6 +15,9 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import runlog  # noqa: E402
+
 COLUMNS = ['run', 'architecture', 'parameters', 'flops_per_token', 'best_val_loss', 'final_train_loss',
            'tokens_per_sec', 'mfu', 'wall_time_s']
 
@@ -25,17 +28,18 @@ def die(message):
 
 
 def load_run(run_dir):
-    """Every run_*.json in run_dir (a resumed run has several), oldest first, merged into one record."""
-    paths = sorted(glob.glob(os.path.join(run_dir, 'run_*.json')), key=os.path.getmtime)
+    """Every run log in run_dir (a resumed run has several), oldest first, merged into one record: the .json of
+    a finished run, the .jsonl of one still going or killed."""
+    paths = runlog.log_paths(run_dir)
     if not paths:
-        die(f"no run_*.json log in {run_dir}")
+        die(f"no run_*.json or run_*.jsonl log in {run_dir}")
     logs = []
     for path in paths:
         try:
-            with open(path) as f:
-                logs.append(json.load(f))
-        except (OSError, json.JSONDecodeError) as e:
+            logs.append(runlog.load(path))
+        except (OSError, ValueError) as e:
             die(f"cannot read {path}: {e}")
+    logs.sort(key=lambda log: log['start_time'])
     iterations = [e for log in logs for e in log['training_iterations']]
     evals = [e for log in logs for e in log['eval_steps'] if 'val_loss' in e]
     info = logs[0]['startup_info']
@@ -57,7 +61,7 @@ def load_run(run_dir):
 
 def latest_runs(root, n):
     """The n run folders under root whose newest log is most recent."""
-    logs = glob.glob(os.path.join(root, '**', 'run_*.json'), recursive=True)
+    logs = glob.glob(os.path.join(root, '**', 'run_*.json*'), recursive=True)
     newest = {}
     for path in logs:
         folder = os.path.dirname(path)

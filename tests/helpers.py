@@ -81,12 +81,8 @@ def train(data_dir, out_dir, *args, check=True, in_process=True):
 
 
 def run_logs(out_dir):
-    names = sorted(n for n in os.listdir(out_dir) if n.startswith('run_') and n.endswith('.json'))
-    logs = []
-    for name in names:
-        with open(os.path.join(out_dir, name)) as f:
-            logs.append(json.load(f))
-    return sorted(logs, key=lambda log: log['start_time'])
+    import runlog
+    return runlog.load_all(str(out_dir))
 
 
 def iteration_losses(out_dir):
