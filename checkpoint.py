@@ -23,11 +23,16 @@ import torch.distributed as dist
 def atomic_write(path, write):
     """write(f) into a temp file, fsync, then rename over path: a crash leaves the old file or the new one."""
     tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.isfile(tmp):
+            os.remove(tmp)  # a full disk keeps no half-written file
+        raise
 
 
 def save(obj, path):

@@ -48,9 +48,10 @@ def parse_value(key, text, default, types):
     return value
 
 
-def apply(config, argv, types=None):
-    """Apply config files and --key=value overrides in argv to the dict `config` (in order)."""
-    types = types or {}
+def apply(config, argv, types=None, renamed=None):
+    """Apply config files and --key=value overrides in argv to the dict `config` (in order). renamed maps keys of
+    other tools (e.g. use_fsdp) to the (key, value) that does their job here, for a pointed error."""
+    types, renamed = types or {}, renamed or {}
     known = [k for k in config]
     for arg in argv:
         if not arg.startswith('--'):
@@ -66,6 +67,8 @@ def apply(config, argv, types=None):
             for key, value in scope.items():
                 if key.startswith('_') or type(value).__name__ in ('module', 'function', 'type'):
                     continue
+                if key not in config and key in renamed:
+                    raise ConfigError(f"{arg}: {key} is not a setting here; use {renamed[key][0]} = {renamed[key][1]!r}")
                 if key not in config:
                     raise ConfigError(f"{arg}: unknown config key {key!r}{_suggest(key, known)}")
                 config[key] = value
@@ -73,20 +76,22 @@ def apply(config, argv, types=None):
             key, eq, text = arg[2:].partition('=')
             if not eq:
                 raise ConfigError(f"{arg}: expected --key=value")
+            if key not in config and key in renamed:
+                raise ConfigError(f"--{key} is not a setting here; use --{renamed[key][0]}={renamed[key][1]}")
             if key not in config:
                 raise ConfigError(f"unknown config key {key!r}{_suggest(key, known)}")
             config[key] = parse_value(key, text, config[key], types)
     return config
 
 
-def configure(scope, argv=None, types=None):
+def configure(scope, argv=None, types=None, renamed=None):
     """Override the config globals of a script in place: configure(globals()).
     Only simple values (int, float, bool, str, None, tuple, list) defined before the call are config keys."""
     argv = sys.argv[1:] if argv is None else argv
     keys = {k: v for k, v in scope.items()
             if not k.startswith('_') and isinstance(v, (int, float, bool, str, tuple, list, type(None)))}
     try:
-        apply(keys, argv, types)
+        apply(keys, argv, types, renamed)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -155,3 +155,26 @@ def startup_report(info):
     else:
         lines.append(f"  peak per device      unknown ({p['peak_source']})")
     return '\n'.join(lines)
+
+
+def duration(seconds):
+    """A duration for people: 45s, 12m30s, 3h05m, 2.4 days."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f'{seconds}s'
+    if seconds < 3600:
+        return f'{seconds // 60}m{seconds % 60:02d}s'
+    if seconds < 2 * 86400:
+        return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+    return f'{seconds / 86400:.1f} days'
+
+
+def progress_bar(total, description, enabled=True, initial=0):
+    """A tqdm bar when stdout is an interactive terminal (and tqdm is installed), else None."""
+    if not enabled or not sys.stdout.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc=description, leave=False, dynamic_ncols=True)

@@ -4,11 +4,16 @@ Peak throughput of the device a run uses, for MFU = achieved FLOP/s / peak FLOP/
 GPUs: dense (not 2:4-sparse) tensor-core TFLOP/s from the vendors' datasheets, per precision. fp32 training
 runs its matmuls on TF32 tensor cores (train.py turns TF32 on), so 'float32' looks up the TF32 figure.
 GeForce cards accumulate in fp32 at half rate, which is what bf16 training uses, so that figure is listed.
-CPUs: no table can know them, so the peak is measured with a short matmul in the training dtype.
+CPUs: no table can know them, so the peak is measured once per machine (best of several matmul sizes and repeats
+in the training dtype) and cached with where it came from, so runs on one machine report comparable MFUs.
 """
+import json
+import os
+import platform
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # (name fragments that must all appear in torch.cuda.get_device_name(), {precision: dense TFLOP/s});
 # the first match wins, so the more specific names come first (H100 PCIe before H100, A100 before A10).
@@ -38,22 +43,49 @@ def gpu_peak_tflops(device_name, dtype):
     return None
 
 
-_measured = {}
+def cpu_peak_cache_path():
+    """Where measured CPU peaks are kept: $MODGPT_CACHE_DIR, else $XDG_CACHE_HOME/modgpt, else ~/.cache/modgpt."""
+    folder = os.environ.get('MODGPT_CACHE_DIR') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'modgpt')
+    return os.path.join(folder, 'cpu_peak.json')
 
 
-def measure_cpu_peak_tflops(dtype, size=2048, repeats=3):
-    """Best of a few size x size matmuls in dtype on this CPU, in TFLOP/s (measured once per process)."""
-    if dtype not in _measured:
-        a = torch.randn(size, size).to(getattr(torch, dtype))
-        b = torch.randn(size, size).to(getattr(torch, dtype))
-        a @ b  # warm-up: thread pool, packing buffers
-        best = float('inf')
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - start)
-        _measured[dtype] = 2 * size ** 3 / best / 1e12
-    return _measured[dtype]
+def _matmul_tflops(dtype, size, repeats):
+    a = torch.randn(size, size).to(getattr(torch, dtype))
+    b = torch.randn(size, size).to(getattr(torch, dtype))
+    a @ b  # warm-up: thread pool, packing buffers
+    best = float('inf')
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e12
+
+
+def measure_cpu_peak_tflops(dtype, sizes=(1024, 2048, 3072), repeats=5):
+    """(TFLOP/s, source): the best of several matmul sizes and repeats in dtype on this CPU, measured once per
+    machine, thread count, dtype and torch version, then read from the cache file."""
+    key = f"{platform.processor() or platform.machine()}|{os.cpu_count()} cpus|{torch.get_num_threads()} threads|" \
+          f"{dtype}|torch {torch.__version__}"
+    path = cpu_peak_cache_path()
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        best = max(_matmul_tflops(dtype, size, repeats) for size in sizes)
+        cache[key] = {'tflops': best, 'measured': time.strftime('%Y-%m-%d %H:%M'),
+                      'how': f'best of {repeats} matmuls at each of sizes {", ".join(map(str, sizes))}'}
+        try:  # a read-only home only costs the next run a new measurement
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + f'.{os.getpid()}.tmp', 'w') as f:
+                json.dump(cache, f, indent=1)
+            os.replace(path + f'.{os.getpid()}.tmp', path)
+        except OSError:
+            pass
+    entry = cache[key]
+    return entry['tflops'], f"measured {dtype} matmul, {entry['measured']} ({path})"
 
 
 def peak_tflops(device_type, device_name, dtype, override=None):
@@ -61,7 +93,7 @@ def peak_tflops(device_type, device_name, dtype, override=None):
     if override:
         return float(override), 'peak_tflops setting'
     if device_type == 'cpu':
-        return measure_cpu_peak_tflops(dtype), f'measured {dtype} matmul'
+        return measure_cpu_peak_tflops(dtype)
     if device_type == 'cuda':
         peak = gpu_peak_tflops(device_name, dtype)
         return (peak, 'datasheet') if peak else (None, f'unknown GPU {device_name!r}: set peak_tflops for MFU')
@@ -73,3 +105,35 @@ def mfu(flops_per_token, tokens_per_sec, peak, world_size=1):
     if not peak:
         return None
     return flops_per_token * tokens_per_sec / world_size / (peak * 1e12)
+
+
+class RecordOps(TorchDispatchMode):
+    """Notes the name of every aten op that runs inside it."""
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def sdpa_backend_in_use(config, device, dtype, attention_context):
+    """Run one attention call of the model's shape under attention_context() and name the kernel SDPA picked."""
+    if config.attention_backend == 'manual':
+        return 'manual'
+    T = min(config.block_size, 256)
+    q = torch.randn(1, config.n_head, T, config.head_dim, device=device, dtype=dtype)
+    kv = torch.randn(1, config.kv_heads, T, config.head_dim, device=device, dtype=dtype)
+    try:
+        with attention_context(), RecordOps() as record:
+            torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True,
+                                                             enable_gqa=config.kv_heads != config.n_head)
+    except RuntimeError as e:
+        return f'none: {str(e).splitlines()[0]}'
+    ops = ' '.join(record.names)
+    for fragment, name in (('flash_attention_for_cpu', 'flash (CPU kernel)'), ('flash', 'flash'), ('cudnn', 'cudnn'),
+                           ('efficient', 'memory-efficient')):
+        if fragment in ops:
+            return name
+    return 'math'

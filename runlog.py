@@ -10,11 +10,11 @@ The run log: what rank 0 records of a run, at a cost per line that does not grow
         {"event": "summary", ...}                       the end
     out_dir/run_<stamp>.json   the whole run as one document, {run_name, start_time, config, startup_info,
         training_iterations, eval_steps, checkpoints, summary}, written atomically at the end by streaming the
-        .jsonl back (constant memory).
+        .jsonl back (constant memory); the .jsonl is then removed.
     out_dir/metrics.csv        one row per log line (append-only across resumes); wandb gets the same.
 
 load() reads either file: a finished run's .json, or the .jsonl of a run that is still going or was killed
-(a torn last line is skipped). Nothing of the run is kept in memory but the few evaluations and checkpoints.
+(a line torn by a crash is skipped). Nothing of the run is kept in memory but the few evaluations and checkpoints.
 """
 import csv
 import glob
@@ -103,18 +103,19 @@ class RunLog:
         self.write('summary', summary)
         self.stream.close()
         write_document(self.jsonl_path, self.path)
+        os.remove(self.jsonl_path)  # the .json now holds all of it
         if self.wandb:
             self.wandb.finish()
 
 
 def read_events(jsonl_path):
-    """(event, record) pairs of a .jsonl log; a line cut short by a crash ends the stream."""
+    """(event, record) pairs of a .jsonl log; a line cut short by a crash is skipped."""
     with open(jsonl_path) as f:
         for line in f:
             try:
                 record = json.loads(line)
             except ValueError:
-                return
+                continue
             yield record.pop('event', None), record
 
 

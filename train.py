@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -22,7 +23,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import checkpoint as ckpt_files
 import loader
@@ -41,8 +41,9 @@ eval_interval = 250  # evaluate, and write a checkpoint, every this many iterati
 log_interval = 10
 eval_iters = 50  # batches per split per evaluation; 0 = never evaluate
 eval_only = False  # evaluate the checkpoint picked by init_from/resume_from, then exit
-init_from = 'scratch'  # scratch | resume (newest loadable checkpoint in out_dir) | hf:<dir> (a Hugging Face model
-#                        folder, see convert.py) | gpt2, gpt2-medium, gpt2-large, gpt2-xl (from the hub, online)
+init_from = 'scratch'  # scratch | resume (newest loadable checkpoint in out_dir) | auto (resume if out_dir has a
+#                        checkpoint, else scratch: the same command after a preemption) | hf:<dir> (a Hugging Face
+#                        model folder, see convert.py) | gpt2, gpt2-medium, gpt2-large, gpt2-xl (from the hub, online)
 resume_from = ''  # a checkpoint path to resume from instead of the newest one
 overwrite = False  # allow a fresh run in an out_dir that holds checkpoints (deletes them)
 keep_last_n = 3  # ckpt_<iter>.pt files kept; best.pt is kept apart
@@ -97,7 +98,8 @@ target_val_loss = None  # stop once the val loss reaches this
 # -----------------------------------------------------------------------------
 config = configure(globals(), types={**{f.name: f.type for f in fields(GPTConfig)}, 'lr_decay_iters': int,
                                      'min_lr': float, 'max_time': float, 'target_val_loss': float,
-                                     'peak_tflops': float})
+                                     'peak_tflops': float},
+                   renamed={'use_fsdp': ('parallelism', 'fsdp'), 'use_zero1': ('parallelism', 'zero1')})
 ARCH_FIELDS = [f.name for f in fields(GPTConfig)]
 ROOT = os.path.dirname(os.path.abspath(__file__))
 START = time.time()
@@ -127,8 +129,9 @@ def say(*args, **kwargs):
 # ---- checks that need no model: launch, resume source, out_dir, data ----
 if lr_schedule not in ('cosine', 'linear', 'wsd'):
     die(f"lr_schedule={lr_schedule!r} is invalid; allowed: cosine, linear, wsd")
-if init_from not in ('scratch', 'resume', *convert.GPT2_HUB_NAMES) and not init_from.startswith('hf:'):
-    die(f"init_from={init_from!r} is invalid; allowed: scratch, resume, hf:<dir>, {', '.join(convert.GPT2_HUB_NAMES)}")
+if init_from not in ('scratch', 'resume', 'auto', *convert.GPT2_HUB_NAMES) and not init_from.startswith('hf:'):
+    die(f"init_from={init_from!r} is invalid; allowed: scratch, resume, auto, hf:<dir>, "
+        f"{', '.join(convert.GPT2_HUB_NAMES)}")
 if parallelism not in ('ddp', 'zero1', 'fsdp'):
     die(f"parallelism={parallelism!r} is invalid; allowed: ddp, zero1, fsdp")
 if optimizer not in ('adamw', 'muon'):
@@ -149,6 +152,9 @@ if gradient_accumulation_steps % world_size:
     die(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by the world size {world_size}")
 local_accumulation = gradient_accumulation_steps // world_size
 checkpoint = None
+if init_from == 'auto':
+    init_from = 'resume' if ckpt_files.list_checkpoints(out_dir) or resume_from else 'scratch'
+    say(f"init_from='auto': {'resuming' if init_from == 'resume' else 'no checkpoint in ' + repr(out_dir) + ', starting from scratch'}")
 if init_from == 'resume' or eval_only:
     if resume_from:
         if not os.path.exists(resume_from):
@@ -175,6 +181,15 @@ if checkpoint is None and (ckpt_files.list_checkpoints(out_dir) or os.path.exist
     stale_files = ckpt_files.list_checkpoints(out_dir) + glob.glob(os.path.join(out_dir, 'best.pt')) + \
         glob.glob(os.path.join(out_dir, 'metrics.csv'))
 
+SMALL_DATASETS = ('shakespeare_char', 'shakespeare', 'shakespeare_sp')  # prepared on first use
+if not data_dir and dataset in SMALL_DATASETS and not distributed and \
+        not os.path.isfile(os.path.join(ROOT, 'data', dataset, 'meta.json')):
+    say(f"data/{dataset} is not prepared yet: running data/{dataset}/prepare.py first")
+    _prepared = subprocess.run([sys.executable, os.path.join(ROOT, 'data', dataset, 'prepare.py')],
+                               capture_output=True, text=True)
+    if _prepared.returncode:
+        _why = (_prepared.stderr.strip().splitlines() or ['no message'])[-1].removeprefix('error: ')
+        die(f"data/{dataset}/meta.json is missing and data/{dataset}/prepare.py could not make it ({_why})")
 data_dir = data_dir or os.path.join(ROOT, 'data', dataset)
 if not os.path.isdir(data_dir):
     known = sorted(d for d in os.listdir(os.path.join(ROOT, 'data'))
@@ -237,7 +252,11 @@ if distributed:
     if device_type == 'cuda':
         device = f'cuda:{local_rank}'
         torch.cuda.set_device(device)
-    dist.init_process_group('nccl' if device_type == 'cuda' else 'gloo')
+    # ranks restarted by torchrun (--max-restarts) meet in the same store as the ranks before them: keys under a
+    # prefix of their own, so no rank reads a dead one's address
+    _store, _, _ = next(dist.rendezvous('env://', rank, world_size))
+    _store = dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", _store)
+    dist.init_process_group('nccl' if device_type == 'cuda' else 'gloo', store=_store, rank=rank, world_size=world_size)
 ptdtype = getattr(torch, dtype)
 autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on TF32 tensor cores (and MFU counts TF32 peaks)
@@ -258,39 +277,7 @@ if flash_attention == 'require':
         die(f"flash_attention='require' but FlashAttention cannot run here: {_why}")
 
 
-class RecordOps(TorchDispatchMode):
-    """Notes the name of every aten op that runs inside it."""
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
-def sdpa_backend_in_use():
-    """Run one attention call of the model's shape and name the kernel SDPA dispatched it to."""
-    c = model_config
-    if c.attention_backend == 'manual':
-        return 'manual'
-    T, kind = min(c.block_size, 256), ptdtype if dtype != 'float32' else torch.float32
-    q = torch.randn(1, c.n_head, T, c.head_dim, device=device, dtype=kind)
-    kv = torch.randn(1, c.kv_heads, T, c.head_dim, device=device, dtype=kind)
-    try:
-        with attention_context(), RecordOps() as record:
-            torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=c.kv_heads != c.n_head)
-    except RuntimeError as e:
-        return f'none: {str(e).splitlines()[0]}'
-    ops = ' '.join(record.names)
-    for fragment, name in (('flash_attention_for_cpu', 'flash (CPU kernel)'), ('flash', 'flash'), ('cudnn', 'cudnn'),
-                           ('efficient', 'memory-efficient')):
-        if fragment in ops:
-            return name
-    return 'math'
-
-
-attention_kernel = sdpa_backend_in_use()
+attention_kernel = perf.sdpa_backend_in_use(model_config, device, ptdtype, attention_context)
 if flash_attention == 'require' and attention_kernel != 'flash':
     die(f"flash_attention='require' but SDPA does not run FlashAttention for this model ({attention_kernel})")
 
@@ -353,19 +340,33 @@ def sum_over_ranks(t):
 @torch.no_grad()
 def estimate_loss():
     """Mean cross-entropy per split over eval_iters fixed batches, shared out over the ranks."""
+    global eval_noted
     model.eval()
-    out = {}
+    out, started = {}, time.time()
+    steps = math.ceil(eval_iters / world_size)
+    bar = monitor.progress_bar(2 * steps, 'evaluating', master)
     for split in ('train', 'val'):
         total = 0.0
-        for k in range(rank, math.ceil(eval_iters / world_size) * world_size, world_size):
+        for k in range(rank, steps * world_size, world_size):
             # every rank runs the same number of forwards (FSDP's all-gathers need all of them); extras count 0
             x, y = batches.eval(split, k % eval_iters)
             with autocast, attention_context():
                 model(x, y)
             total += raw_model.ce_loss.item() if k < eval_iters else 0.0
+            if bar is not None:
+                bar.update()
+            if not eval_noted and k == rank and split == 'train' and (time.time() - started) * 2 * steps > 60:
+                eval_noted = True  # a slow evaluation is said once, so a quiet console is not mistaken for a hang
+                say(f"evaluating 2 x {eval_iters} batches takes about "
+                    f"{monitor.duration((time.time() - started) * 2 * steps)} here (lower eval_iters to shorten it)")
         out[split] = sum_over_ranks(torch.tensor([total], dtype=torch.float64, device=device)).item() / eval_iters
+    if bar is not None:
+        bar.close()
     model.train()
     return out
+
+
+eval_noted = False
 
 
 def get_lr(it):
@@ -430,8 +431,9 @@ header = {
 run_log = runlog.RunLog(out_dir, header, master, wandb_project if wandb_log else None)
 
 
-def save_checkpoint(reason):
-    """Collective: every rank calls it. Returns the checkpoint dict on rank 0 (full format), else None."""
+def save_checkpoint(reason, best=False):
+    """Collective: every rank calls it; best=True also writes best.pt. A failed write (disk full, no permission)
+    leaves the previous checkpoint as it was and stops every rank with one line naming the path and the reason."""
     global last_saved
     train_state = {
         'model_args': asdict(model_config),
@@ -445,27 +447,38 @@ def save_checkpoint(reason):
         **({'scaler': scaler.state_dict()} if scaler.is_enabled() else {}),
     }
     path = os.path.join(out_dir, f'ckpt_{iter_num}')
-    ckpt = None
     if checkpoint_format == 'sharded':
         ckpt_files.save_sharded(model, optimizers, train_state, path, master)
     else:
         model_state, optim_state = ckpt_files.full_state(model, raw_model, optimizers, zero)
         path += '.pt'
+        failed = ''
         if master:
             ckpt = {'model': model_state, 'optimizer': optim_state, **train_state}
-            ckpt_files.save(ckpt, path)
+            for target in [path] + ([os.path.join(out_dir, 'best.pt')] if best else []):
+                try:
+                    ckpt_files.save(ckpt, target)
+                except OSError as e:
+                    failed = failed or f"could not write {target}: {e.strerror or e}"
+        votes = sum_over_ranks(torch.tensor([float(bool(failed))], device=device)).item() if distributed else failed
+        if votes:
+            if master:
+                print(f"error: {failed}; the previous checkpoint is untouched", file=sys.stderr)
+            finish('checkpoint failed', 1)
     if master:
         for old in ckpt_files.list_checkpoints(out_dir)[keep_last_n:]:
             ckpt_files.remove(old)
     run_log.checkpoint({'iter': iter_num, 'path': path, 'reason': reason})
     last_saved = iter_num
-    return ckpt
 
 
 def finish(reason, status=0):
-    run_log.finish({'best_val_loss': best_val_loss if best_val_loss < float('inf') else None,
-                    'total_time_s': round(time.time() - START, 3), 'tokens_seen': tokens_seen,
-                    'iterations': iter_num, 'stop_reason': reason})
+    try:
+        run_log.finish({'best_val_loss': best_val_loss if best_val_loss < float('inf') else None,
+                        'total_time_s': round(time.time() - START, 3), 'tokens_seen': tokens_seen,
+                        'iterations': iter_num, 'stop_reason': reason})
+    except OSError as e:
+        say(f"warning: could not write the run log ({e.strerror or e}); the .jsonl beside it has the run")
     say(f"stopped at iteration {iter_num}: {reason}")
     if distributed:
         dist.barrier()  # no rank tears down gloo/NCCL while another still writes (that can abort the process)
@@ -493,15 +506,15 @@ if eval_only:
 say(monitor.startup_report(header['startup_info']))
 
 # ---- training loop ----
-interrupted = False
+stop_request = None  # 'interrupted' (Ctrl-C) or 'preempted' (SIGTERM, SIGUSR1: a scheduler taking the machine back)
 
 
-def on_sigint(signum, frame):
-    global interrupted
-    if interrupted:  # a second Ctrl-C aborts at once
+def on_signal(signum, frame):
+    global stop_request
+    if signum == signal.SIGINT and stop_request == 'interrupted':  # a second Ctrl-C aborts at once
         raise KeyboardInterrupt
-    interrupted = True
-    say("\ninterrupted: finishing this iteration, then checkpointing")
+    stop_request = 'interrupted' if signum == signal.SIGINT else 'preempted'
+    say(f"\n{signal.Signals(signum).name}: finishing this iteration, then checkpointing")
 
 
 def sum_over_shards(t):  # FSDP ranks hold different shards; DDP/ZeRO-1 ranks hold the same full gradients
@@ -512,7 +525,16 @@ def zeros():
     return torch.zeros((), device=device, dtype=torch.float64)  # fp64: sums exact in any order
 
 
-signal.signal(signal.SIGINT, on_sigint)
+def eta_s():
+    """Seconds left, from this session's wall time per iteration (evaluations and checkpoints included)."""
+    per_iteration = (time.time() - train_start) / max(1, iter_num - start_iter)
+    left = per_iteration * (max_iters - iter_num)
+    return min(left, max(0.0, max_time - (time.time() - train_start))) if max_time is not None else left
+
+
+for _signal in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+    signal.signal(_signal, on_signal)
+EXIT_STATUS = {'interrupted': 130, 'preempted': 75}  # 75 (EX_TEMPFAIL): checkpointed, run the same command again
 iteration_losses, aux_sum, recent_losses, expert_sum = [], zeros(), [], None
 timed_iters, grad_norm, stop, warmup_s, stats = 0, torch.zeros(()), None, None, {}
 next_batch = batches.prefetch(iter_num, rank)
@@ -523,6 +545,8 @@ if profile:
         schedule=torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1),
         on_trace_ready=lambda p: p.export_chrome_trace(os.path.join(out_dir, f'profile_trace_rank{rank}.json')))
     profiler.start()
+bar = monitor.progress_bar(max_iters, 'training', progress and master, initial=iter_num)
+say_note = bar.write if bar is not None else say
 t_log = train_start = time.time()
 while True:
     if iter_num >= max_iters:
@@ -530,7 +554,7 @@ while True:
     evaluate = eval_iters and iter_num % eval_interval == 0 and not (iter_num == start_iter and checkpoint is not None)
     if evaluate or (eval_iters and stop in ('max_iters', 'max_time') and iter_num != start_iter):
         losses = estimate_loss()
-        say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        say_note(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         run_log.evaluation({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
                             'val_bits_per_byte': bits_per_byte(losses['val'], 'val'),
                             'time_s': round(time.time() - START, 3)})
@@ -539,16 +563,14 @@ while True:
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
         if iter_num > start_iter and save_checkpoints:
-            ckpt = save_checkpoint(stop or 'eval')
-            if improved and ckpt is not None:
-                ckpt_files.save(ckpt, os.path.join(out_dir, 'best.pt'))
+            save_checkpoint(stop or 'eval', best=improved and checkpoint_format == 'full')
         if target_val_loss is not None and losses['val'] <= target_val_loss and stop is None:
             stop = 'target_val_loss'
         t_log, timed_iters = time.time(), 0  # evaluation and checkpoint time stay out of the throughput figures
     if stop:
         if last_saved != iter_num and save_checkpoints:
             save_checkpoint(stop)
-        finish(stop, 130 if stop == 'interrupted' else 0)
+        finish(stop, EXIT_STATUS.get(stop, 0))
 
     will_log = (iter_num + 1) % log_interval == 0 or iter_num + 1 == max_iters  # this step ends on a log line
     layer_stats = will_log and (iter_num + 1) % grad_stats_interval == 0
@@ -609,18 +631,26 @@ while True:
         say(f"first step {warmup_s:.2f} s{' (compilation included)' if compile else ''}; memory per rank: "
             + ', '.join(f"{k.replace('_bytes', '')} {v / 2 ** 20:.2f} MiB" for k, v in state.items()))
         t_log, timed_iters = time.time(), 0
+    elif timed_iters == 1 and iter_num == start_iter + 2 and device_type != 'cuda':
+        # a run far longer than a CPU user likely expects (a 124M model): say so once, with the measured pace
+        projected = (time.time() - t_log) * (max_iters - iter_num)
+        if projected > 1800 and master:
+            say_note(f"note: {time.time() - t_log:.1f} s per iteration on this {device_type}, so the "
+                     f"{max_iters - iter_num:,} iterations left take about {monitor.duration(projected)} (plus "
+                     f"evaluations). On a CPU, config/train_shakespeare_char_cpu.py trains in about a minute.")
 
     time_up = max_time is not None and time.time() - train_start >= max_time
     if will_log:  # ranks agree on stopping here, where they synchronise anyway; one process checks every step
-        flags = torch.tensor([float(interrupted), float(time_up)], device=device, dtype=torch.float64)
+        flags = torch.tensor([stop_request == 'preempted', stop_request == 'interrupted', time_up], device=device,
+                             dtype=torch.float64)
         totals = sum_over_ranks(torch.cat([torch.stack(iteration_losses), aux_sum.view(1), flags])).tolist()
-        per_iteration = [t / gradient_accumulation_steps for t in totals[:-3]]
-        total_aux, stop_votes, time_votes = totals[-3:]
+        per_iteration = [t / gradient_accumulation_steps for t in totals[:-4]]
+        total_aux, votes = totals[-4], totals[-3:]
     elif not distributed:
-        stop_votes, time_votes = interrupted, time_up
+        votes = [stop_request == 'preempted', stop_request == 'interrupted', time_up]
     else:
-        stop_votes = time_votes = 0
-    stop = 'interrupted' if stop_votes else 'max_time' if time_votes else None
+        votes = [0, 0, 0]
+    stop = next((reason for reason, vote in zip(('preempted', 'interrupted', 'max_time'), votes) if vote), None)
     if will_log:
         # the one host sync per log interval: the mean loss over every micro-step of every rank since the last line
         n_iters = len(per_iteration)
@@ -641,7 +671,7 @@ while True:
                  'epoch': batches.epoch(iter_num), 'warmup': warm,
                  'mfu': perf.mfu(flops_per_token, tokens_per_sec, peak, world_size),
                  'achieved_tflops': flops_per_token * tokens_per_sec / world_size / 1e12,
-                 'flops_per_token': flops_per_token, **monitor.memory_stats(device_type, device)}
+                 'flops_per_token': flops_per_token, 'eta_s': eta_s(), **monitor.memory_stats(device_type, device)}
         if expert_sum is not None:  # share of routed slots per expert, per layer, over the interval and all ranks
             entry['expert_fractions'] = (sum_over_ranks(expert_sum) / expert_sum[0].sum().item() / world_size).tolist()
             expert_sum = None
@@ -651,10 +681,11 @@ while True:
         line = (f"iter {iter_num}: loss {mean_loss:.4f}, lr {entry['lr']:.2e}, grad norm {entry['grad_norm']:.2f}, "
                 f"{dt * 1000:.1f} ms/iter, {tokens_per_sec:,.0f} tok/s, epoch {entry['epoch']:.3f}"
                 + (f", MFU {entry['mfu']:.1%}" if entry['mfu'] is not None else '')
-                + (f", mem {entry['memory_allocated_mb']:,.0f} MiB" if entry['memory_allocated_mb'] else ''))
-        if progress and sys.stdout.isatty():
-            done = int(30 * iter_num / max_iters)
-            say(f"\r[{'#' * done}{'.' * (30 - done)}] {line}", end='', flush=True)
+                + (f", mem {entry['memory_allocated_mb']:,.0f} MiB" if entry['memory_allocated_mb'] else '')
+                + f", ETA {monitor.duration(entry['eta_s'])}")
+        if bar is not None:  # progress=True on a terminal: one bar, the numbers in its postfix
+            bar.update(iter_num - bar.n)
+            bar.set_postfix_str(f"loss {mean_loss:.4f}, {dt * 1000:.0f} ms/iter, MFU {entry['mfu'] or 0:.1%}")
         else:
             say(line)
         iteration_losses, aux_sum, stats = [], zeros(), {}

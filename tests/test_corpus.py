@@ -285,8 +285,8 @@ def test_random_sampling_and_a_legacy_single_file_dataset(tmp_path):
 
 @pytest.mark.parametrize('script', ['openwebtext', 'fineweb_edu', 'slimpajama_627b'])
 def test_hub_corpora_offline_say_how_and_take_local_copies(script, source, tmp_path, monkeypatch):
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    r = run(f'data/{script}/prepare.py', f'--out_dir={tmp_path / "d"}', '--tokenizer=char')
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')  # read when huggingface_hub is imported: a fresh interpreter
+    r = run(f'data/{script}/prepare.py', f'--out_dir={tmp_path / "d"}', '--tokenizer=char', in_process=False)
     assert r.returncode == 2 and 'Traceback' not in r.stderr and 'pass --input' in r.stderr, r.stderr
     folder, docs = source
     if script == 'slimpajama_627b':  # a local copy of the repository: train/ and validation/ folders

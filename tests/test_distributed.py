@@ -128,3 +128,49 @@ def test_fsdp_setting_without_torchrun_runs_single_process(runs, tmp_path):
     _, data = runs
     train(data, tmp_path / 'o', '--max_iters=2', '--parallelism=fsdp', '--eval_interval=2')
     assert run_logs(tmp_path / 'o')[0]['startup_info']['hardware']['parallelism'] == 'single'
+
+
+def worker_pids(launcher_pid):
+    """{rank: pid} of the processes below a torchrun launcher (from /proc)."""
+    parents, ranks = {}, {}
+    for entry in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                parents[int(entry)] = int(f.read().rsplit(')', 1)[1].split()[1])
+            with open(f'/proc/{entry}/environ', 'rb') as f:
+                env = dict(item.split(b'=', 1) for item in f.read().split(b'\0') if b'=' in item)
+        except (OSError, ValueError, IndexError):
+            continue
+        pid, ancestors = int(entry), set()
+        while pid in parents and pid not in ancestors:
+            ancestors.add(pid)
+            pid = parents[pid]
+        if launcher_pid in ancestors and int(entry) != launcher_pid and b'RANK' in env and b'LOCAL_RANK' in env:
+            ranks[int(env[b'RANK'])] = int(entry)
+    return ranks
+
+
+def test_torchrun_restarts_a_killed_rank_from_the_last_checkpoint(tmp_path):
+    import signal
+    import time
+    data = make_char_dataset(tmp_path / 'data')
+    args = ['--max_iters=300', '--eval_interval=50', '--log_interval=10', '--lr_decay_iters=300',
+            '--gradient_accumulation_steps=2', '--init_from=auto']
+    train(data, tmp_path / 'single', *args)
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                             '--max-restarts=1', os.path.join(ROOT, 'train.py'), f'--data_dir={data}',
+                             f'--out_dir={tmp_path / "ddp"}', *TINY_MODEL, *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline, killed = time.time() + 120, None
+    while time.time() < deadline and proc.poll() is None and killed is None:
+        if os.path.exists(tmp_path / 'ddp' / 'ckpt_50.pt'):
+            killed = worker_pids(proc.pid).get(1)
+            if killed:
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert killed and proc.returncode == 0, stderr[-3000:]
+    logs = run_logs(tmp_path / 'ddp')
+    assert len(logs) == 2 and logs[1]['startup_info']['resumed_from']['iter'] >= 50  # the restart resumed
+    assert iteration_losses(tmp_path / 'ddp') == iteration_losses(tmp_path / 'single')

@@ -36,9 +36,16 @@ def test_unknown_gpu_and_override():
     assert perf.peak_tflops('mps', 'mps', 'float32')[0] is None
 
 
-def test_cpu_peak_is_measured_and_mfu_arithmetic():
+def test_cpu_peak_is_measured_once_per_machine_and_mfu_arithmetic(tmp_path, monkeypatch):
+    monkeypatch.setenv('MODGPT_CACHE_DIR', str(tmp_path))
     peak, why = perf.peak_tflops('cpu', 'cpu', 'float32')
-    assert 0.001 < peak < 100 and why == 'measured float32 matmul'
+    assert 0.001 < peak < 100 and why.startswith('measured float32 matmul') and str(tmp_path) in why
+    cache = json.load(open(tmp_path / 'cpu_peak.json'))
+    (key, entry), = cache.items()
+    assert 'float32' in key and 'torch' in key and entry['tflops'] == peak and 'sizes 1024, 2048, 3072' in entry['how']
+    entry['tflops'] = 0.123  # later runs read the cached figure: MFUs of one machine compare
+    (tmp_path / 'cpu_peak.json').write_text(json.dumps(cache))
+    assert perf.peak_tflops('cpu', 'cpu', 'float32')[0] == 0.123
     assert perf.mfu(6e9, 1000, 100.0, world_size=2) == pytest.approx(0.03)  # 6e12 FLOP/s over 2 x 100 TFLOP/s
     assert perf.mfu(6e9, 1000, None) is None
 
