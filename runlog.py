@@ -11,7 +11,8 @@ The run log: what rank 0 records of a run, at a cost per line that does not grow
     out_dir/run_<stamp>.json   the whole run as one document, {run_name, start_time, config, startup_info,
         training_iterations, eval_steps, checkpoints, summary}, written atomically at the end by streaming the
         .jsonl back (constant memory); the .jsonl is then removed.
-    out_dir/metrics.csv        one row per log line (append-only across resumes); wandb gets the same.
+    out_dir/metrics.csv        one row per log line and one per evaluation (val_loss, <task>_acc, ...), append-only
+                               across resumes; wandb gets the same.
 
 load() reads either file: a finished run's .json, or the .jsonl of a run that is still going or was killed
 (a line torn by a crash is skipped). Nothing of the run is kept in memory but the few evaluations and checkpoints.
@@ -32,7 +33,7 @@ SECTIONS = {'iteration': 'training_iterations', 'eval': 'eval_steps', 'checkpoin
 class RunLog:
     """Rank 0 writes; on other ranks (enabled=False) every method does nothing."""
 
-    def __init__(self, out_dir, header, enabled=True, wandb_project=None):
+    def __init__(self, out_dir, header, enabled=True, wandb_project=None, eval_fields=()):
         self.enabled, self.header, self.wandb = enabled, header, None
         if not enabled:
             return
@@ -45,9 +46,13 @@ class RunLog:
             base = os.path.join(out_dir, f'run_{stamp}_{n}')
         self.path, self.jsonl_path = base + '.json', base + '.jsonl'
         self.csv_path = os.path.join(out_dir, 'metrics.csv')
-        if not os.path.exists(self.csv_path):
+        if os.path.exists(self.csv_path):  # appending across resumes: rows follow the header already there
+            with open(self.csv_path, newline='') as f:
+                self.csv_fields = next(csv.reader(f), CSV_FIELDS)
+        else:
+            self.csv_fields = CSV_FIELDS + ['val_loss', *eval_fields]
             with open(self.csv_path, 'w', newline='') as f:
-                csv.writer(f).writerow(CSV_FIELDS)
+                csv.writer(f).writerow(self.csv_fields)
         self.stream = open(self.jsonl_path, 'a')
         self.write('start', header)
         if wandb_project:
@@ -69,21 +74,30 @@ class RunLog:
         if not self.enabled:
             return
         self.write('iteration', entry)
-        with open(self.csv_path, 'a', newline='') as f:
-            csv.writer(f).writerow(['' if entry.get(k) is None else entry[k] for k in CSV_FIELDS])
+        self.csv_row(entry)
         if self.wandb:
             flat = {k: v for k, v in entry.items() if v is not None and k != 'expert_fractions'}
             for layer, shares in enumerate(entry.get('expert_fractions', [])):  # one chart per layer and expert
                 flat.update({f'expert_fractions/layer{layer}/expert{e}': v for e, v in enumerate(shares)})
             self.wandb.log(flat, step=entry['iter'])
 
+    def csv_row(self, values):
+        with open(self.csv_path, 'a', newline='') as f:
+            csv.writer(f).writerow(['' if values.get(k) is None else values[k] for k in self.csv_fields])
+
     def evaluation(self, record):
+        """An evaluation: losses, and downstream accuracies ({task: metrics}) when there are any."""
         if not self.enabled:
             return
         self.write('eval', record)
+        tasks = {f'{task}_{k}': v for task, r in record.get('downstream', {}).items() for k, v in r.items()
+                 if k in ('acc', 'acc_norm', 'perplexity')}
+        if 'val_loss' in record:
+            self.csv_row({'iter': record['iter'], 'val_loss': record['val_loss'], **tasks})
         if self.wandb and 'val_loss' in record:
             self.wandb.log({'iter': record['iter'], 'train/eval_loss': record['train_loss'],
-                            'val/loss': record['val_loss']}, step=record['iter'])
+                            'val/loss': record['val_loss'], **{f'downstream/{k}': v for k, v in tasks.items()}},
+                           step=record['iter'])
 
     def checkpoint(self, record):
         if self.enabled:

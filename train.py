@@ -28,11 +28,12 @@ import checkpoint as ckpt_files
 import loader
 import runlog
 import convert
+import downstream
 from configurator import configure
 import monitor
 import perf
 from model import GPT, GPTConfig
-from tokenizer import read_meta
+from tokenizer import load_tokenizer, read_meta
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -41,6 +42,10 @@ eval_interval = 250  # evaluate, and write a checkpoint, every this many iterati
 log_interval = 10
 eval_iters = 50  # batches per split per evaluation; 0 = never evaluate
 eval_only = False  # evaluate the checkpoint picked by init_from/resume_from, then exit
+eval_tasks = ''  # downstream tasks scored at evaluations, e.g. 'hellaswag,arc_easy' (downstream.py, eval.py)
+eval_tasks_interval = 0  # score them every this many iterations (0 = at every evaluation)
+eval_tasks_limit = 500  # the first N items of each task (0 = all)
+eval_tasks_dir = ''  # where the tasks' items are (default data/evals)
 init_from = 'scratch'  # scratch | resume (newest loadable checkpoint in out_dir) | auto (resume if out_dir has a
 #                        checkpoint, else scratch: the same command after a preemption) | hf:<dir> (a Hugging Face
 #                        model folder, see convert.py) | gpt2, gpt2-medium, gpt2-large, gpt2-xl (from the hub, online)
@@ -204,6 +209,20 @@ try:
     streams = {split: loader.TokenStream(data_dir, split, meta) for split in ('train', 'val')}
 except (OSError, ValueError) as e:
     die(f"{e}; run python data/{dataset}/prepare.py first" if isinstance(e, FileNotFoundError) else str(e))
+
+
+# ---- downstream tasks: their items are there and the tokenizer can encode them, before any work is done ----
+task_names = [t for t in eval_tasks.split(',') if t]
+if task_names:
+    task_tokenizer = load_tokenizer(data_dir, meta)
+    try:
+        for _task in task_names:
+            _items, _ = downstream.load_items(_task, eval_tasks_dir or downstream.DATA_DIR, eval_tasks_limit or None)
+            [downstream.encode_pair(task_tokenizer, *r) for i in _items for r in downstream.requests_of(_task, i)[0]]
+    except downstream.EvalError as e:
+        die(str(e))
+    except ValueError as e:
+        die(f"the dataset's tokenizer cannot encode task {_task}: {str(e).splitlines()[0]}")
 
 
 # ---- model config: checkpoint's, a Hugging Face model's, or preset + overrides ----
@@ -428,7 +447,8 @@ header = {
         'resumed_from': {'iter': start_iter} if checkpoint is not None else None,
     },
 }
-run_log = runlog.RunLog(out_dir, header, master, wandb_project if wandb_log else None)
+run_log = runlog.RunLog(out_dir, header, master, wandb_project if wandb_log else None,
+                        [f'{t}_{k}' for t in task_names for k in ('acc', 'acc_norm', 'perplexity')])
 
 
 def save_checkpoint(reason, best=False):
@@ -553,11 +573,19 @@ while True:
         stop = 'max_iters'
     evaluate = eval_iters and iter_num % eval_interval == 0 and not (iter_num == start_iter and checkpoint is not None)
     if evaluate or (eval_iters and stop in ('max_iters', 'max_time') and iter_num != start_iter):
-        losses = estimate_loss()
-        say_note(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        losses, scores = estimate_loss(), {}
+        if task_names and (stop or iter_num % (eval_tasks_interval or eval_interval) == 0):
+            # FSDP ranks must run the same forwards: each scores every item; otherwise items are shared out
+            sharded = distributed and parallelism == 'fsdp'
+            scores = downstream.evaluate(model if sharded else raw_model, task_tokenizer, task_names, block, device,
+                                         autocast, eval_tasks_limit or None, eval_tasks_dir or downstream.DATA_DIR,
+                                         0 if sharded else rank, 1 if sharded else world_size,
+                                         sum_over_ranks if distributed and not sharded else None)
+        say_note(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}" + ''.join(
+            f", {t} {r.get('acc_norm', r['acc']):.4f}" for t, r in scores.items()))
         run_log.evaluation({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
                             'val_bits_per_byte': bits_per_byte(losses['val'], 'val'),
-                            'time_s': round(time.time() - START, 3)})
+                            'time_s': round(time.time() - START, 3), **({'downstream': scores} if scores else {})})
         if not math.isfinite(losses['val']):
             stop_non_finite(losses['val'])
         improved = losses['val'] < best_val_loss

