@@ -92,6 +92,18 @@ def available_tasks(data_dir=DATA_DIR):
     return [t for t in TASKS if os.path.isfile(os.path.join(data_dir, f'{t}.jsonl'))]
 
 
+def check_tasks(tasks, tokenizer, data_dir=DATA_DIR, limit=None):
+    """EvalError unless every task's items are there and the tokenizer can encode them (before a long run)."""
+    for task in tasks:
+        items, _ = load_items(task, data_dir, limit or None)
+        try:
+            for item in items:
+                for context, continuation in requests_of(task, item)[0]:
+                    encode_pair(tokenizer, context, continuation)
+        except ValueError as e:
+            raise EvalError(f"the tokenizer cannot encode task {task}: {str(e).splitlines()[0]}")
+
+
 @torch.no_grad()
 def score(model, pairs, block_size, device, autocast, batch_tokens=8192):
     """(sum of log-probabilities of the continuation, whether greedy decoding gives it) for each

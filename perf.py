@@ -12,7 +12,10 @@ import os
 import platform
 import time
 
+from contextlib import nullcontext
+
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # (name fragments that must all appear in torch.cuda.get_device_name(), {precision: dense TFLOP/s});
@@ -137,3 +140,20 @@ def sdpa_backend_in_use(config, device, dtype, attention_context):
         if fragment in ops:
             return name
     return 'math'
+
+
+def attention_context(flash_attention):
+    """A factory of contexts that restrict SDPA's kernels as flash_attention (auto | require | off) asks."""
+    kernels = {'auto': None, 'require': [SDPBackend.FLASH_ATTENTION],
+               'off': [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]}[flash_attention]
+    return (lambda: sdpa_kernel(kernels)) if kernels else nullcontext
+
+
+def why_no_flash_attention(config, device, dtype):
+    """Why FlashAttention cannot run for this model, device and dtype, or None."""
+    head = config.head_dim
+    return ('it needs CUDA' if not str(device).startswith('cuda') else
+            'it needs compute capability 8.0 or newer' if torch.cuda.get_device_capability(device) < (8, 0) else
+            f'it needs dtype bfloat16 or float16, not {dtype}' if dtype == 'float32' else
+            "attention_backend is 'manual'" if config.attention_backend != 'sdpa' else
+            f'head size {head} is not a multiple of 8 up to 256' if head % 8 or head > 256 else None)

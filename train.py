@@ -21,7 +21,6 @@ import statistics
 
 import torch
 import torch.distributed as dist
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint as ckpt_files
@@ -211,18 +210,13 @@ except (OSError, ValueError) as e:
     die(f"{e}; run python data/{dataset}/prepare.py first" if isinstance(e, FileNotFoundError) else str(e))
 
 
-# ---- downstream tasks: their items are there and the tokenizer can encode them, before any work is done ----
-task_names = [t for t in eval_tasks.split(',') if t]
+task_names = [t for t in eval_tasks.split(',') if t]  # downstream tasks: data present and encodable, checked now
 if task_names:
     task_tokenizer = load_tokenizer(data_dir, meta)
     try:
-        for _task in task_names:
-            _items, _ = downstream.load_items(_task, eval_tasks_dir or downstream.DATA_DIR, eval_tasks_limit or None)
-            [downstream.encode_pair(task_tokenizer, *r) for i in _items for r in downstream.requests_of(_task, i)[0]]
+        downstream.check_tasks(task_names, task_tokenizer, eval_tasks_dir or downstream.DATA_DIR, eval_tasks_limit)
     except downstream.EvalError as e:
         die(str(e))
-    except ValueError as e:
-        die(f"the dataset's tokenizer cannot encode task {_task}: {str(e).splitlines()[0]}")
 
 
 # ---- model config: checkpoint's, a Hugging Face model's, or preset + overrides ----
@@ -282,20 +276,10 @@ torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on TF32 tensor core
 torch.backends.cudnn.allow_tf32 = True
 
 # ---- attention kernel: flash_attention's promise, and which SDPA backend really runs ----
-attention_kernels = {'auto': None, 'require': [SDPBackend.FLASH_ATTENTION],
-                     'off': [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]}[flash_attention]
-attention_context = (lambda: sdpa_kernel(attention_kernels)) if attention_kernels else nullcontext
-if flash_attention == 'require':
-    _hd = model_config.head_dim
-    _why = ('it needs CUDA' if device_type != 'cuda' else
-            'it needs compute capability 8.0 or newer' if torch.cuda.get_device_capability(device) < (8, 0) else
-            f'it needs dtype bfloat16 or float16, not {dtype}' if dtype == 'float32' else
-            "attention_backend is 'manual'" if model_config.attention_backend != 'sdpa' else
-            f'head size {_hd} is not a multiple of 8 up to 256' if _hd % 8 or _hd > 256 else None)
-    if _why:
-        die(f"flash_attention='require' but FlashAttention cannot run here: {_why}")
-
-
+attention_context = perf.attention_context(flash_attention)
+_why = perf.why_no_flash_attention(model_config, device, dtype) if flash_attention == 'require' else None
+if _why:
+    die(f"flash_attention='require' but FlashAttention cannot run here: {_why}")
 attention_kernel = perf.sdpa_backend_in_use(model_config, device, ptdtype, attention_context)
 if flash_attention == 'require' and attention_kernel != 'flash':
     die(f"flash_attention='require' but SDPA does not run FlashAttention for this model ({attention_kernel})")

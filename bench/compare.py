@@ -4,8 +4,8 @@ Compare training runs: a table and plots from the JSON logs train.py writes.
     python bench/compare.py out-a out-b out-c
     python bench/compare.py --latest 4 --root runs/ --format md --out comparison/
 
-Table: architecture, parameters, FLOPs/token, best val loss, final train loss, median tokens/s, median MFU and
-wall time. Plots (with matplotlib): loss against iterations, tokens and wall time, and throughput/MFU bars.
+Table: architecture, parameters, FLOPs/token, best val loss, final train loss, median tokens/s, median MFU,
+wall time, and the downstream accuracy (acc_norm, or acc) of the last evaluation that scored tasks (eval_tasks). Plots (with matplotlib): loss against iterations, tokens and wall time, and throughput/MFU bars.
 """
 import argparse
 import csv
@@ -16,6 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import downstream  # noqa: E402
 import runlog  # noqa: E402
 
 COLUMNS = ['run', 'architecture', 'parameters', 'flops_per_token', 'best_val_loss', 'final_train_loss',
@@ -55,6 +56,9 @@ def load_run(run_dir):
         'tokens_per_sec': timed[len(timed) // 2] if timed else None,
         'mfu': mfus[len(mfus) // 2] if mfus else None,
         'wall_time_s': sum(log['summary'].get('total_time_s') or 0 for log in logs),
+        # downstream accuracy at the last evaluation that scored tasks: acc_norm where the task has it
+        **{task: r.get('acc_norm', r['acc'])
+           for task, r in next((e['downstream'] for e in reversed(evals) if e.get('downstream')), {}).items()},
         'iterations': iterations, 'evals': evals,
     }
 
@@ -82,7 +86,7 @@ def fmt(value, column):
         return f'{value:.1%}'
     if column == 'tokens_per_sec':
         return f'{value:,.0f}'
-    if column in ('best_val_loss', 'final_train_loss'):
+    if column in ('best_val_loss', 'final_train_loss') or column in downstream.TASKS:
         return f'{value:.4f}'
     if column == 'wall_time_s':
         return f'{value:.1f}'
@@ -90,17 +94,19 @@ def fmt(value, column):
 
 
 def render(rows, form):
-    table = [{c: r[c] for c in COLUMNS} for r in rows]
+    tasks = [t for t in downstream.TASKS if any(t in r for r in rows)]  # downstream accuracy columns, if any
+    columns = COLUMNS + tasks
+    table = [{c: r.get(c) for c in columns} for r in rows]
     if form == 'json':
         return json.dumps(table, indent=1)
     if form == 'csv':
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=COLUMNS)
+        writer = csv.DictWriter(out, fieldnames=columns)
         writer.writeheader()
         writer.writerows(table)
         return out.getvalue()
-    lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
-    lines += ['| ' + ' | '.join(fmt(r[c], c) for c in COLUMNS) + ' |' for r in table]
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    lines += ['| ' + ' | '.join(fmt(r[c], c) for c in columns) + ' |' for r in table]
     return '\n'.join(lines)
 
 

@@ -163,13 +163,18 @@ def test_torchrun_restarts_a_killed_rank_from_the_last_checkpoint(tmp_path):
                              f'--out_dir={tmp_path / "ddp"}', *TINY_MODEL, *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline, killed = time.time() + 120, None
-    while time.time() < deadline and proc.poll() is None and killed is None:
-        if os.path.exists(tmp_path / 'ddp' / 'ckpt_50.pt'):
-            killed = worker_pids(proc.pid).get(1)
-            if killed:
-                os.kill(killed, signal.SIGKILL)
-        time.sleep(0.02)
-    stdout, stderr = proc.communicate(timeout=240)
+    try:
+        while time.time() < deadline and proc.poll() is None and killed is None:
+            if os.path.exists(tmp_path / 'ddp' / 'ckpt_50.pt'):
+                killed = worker_pids(proc.pid).get(1)
+                if killed:
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.02)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:  # a hung launch must not outlive the test
+        for pid in worker_pids(proc.pid).values():
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
     assert killed and proc.returncode == 0, stderr[-3000:]
     logs = run_logs(tmp_path / 'ddp')
     assert len(logs) == 2 and logs[1]['startup_info']['resumed_from']['iter'] >= 50  # the restart resumed

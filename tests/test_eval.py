@@ -164,6 +164,9 @@ def test_downstream_accuracy_during_training(trained, tmp_path):
     assert all(e['downstream']['piqa']['n'] == 3 and 'perplexity' in e['downstream']['lambada'] for e in evals_logged)
     rows = list(__import__('csv').DictReader(open(tmp_path / 'o' / 'metrics.csv')))
     assert [r['piqa_acc'] for r in rows if r['piqa_acc']] and any(r['val_loss'] for r in rows)
+    r = run('bench/compare.py', str(tmp_path / 'o'), '--format', 'json')
+    [row] = json.loads(r.stdout[r.stdout.index('['):r.stdout.rindex(']') + 1])
+    assert row['piqa'] == evals_logged[-1]['downstream']['piqa']['acc_norm'] and row['lambada'] is not None
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'tiktoken_cache')), reason='no tiktoken cache')

@@ -49,6 +49,8 @@ def test_monitoring_fields_are_present_and_sane(two_runs):
     assert all(e['grad_clipped'] for e in clipped)
     with open(two_runs / 'llama' / 'metrics.csv') as f:
         rows = list(csv.DictReader(f))
+    assert rows[0]['iter'] == '0' and rows[0]['val_loss'] and not rows[0]['loss']  # an evaluation's row
+    rows = [r for r in rows if r['loss']]  # a log line's rows
     assert {'grad_norm', 'grad_clipped', 'memory_allocated_mb', 'loss_variance', 'mfu'} <= set(rows[0])
     assert float(rows[0]['grad_norm']) == pytest.approx(entries[0]['grad_norm'])
 

@@ -101,6 +101,9 @@ def test_run_log_schema_csv_and_rotation(data, tmp_path):
     assert s['best_val_loss'] == min(e['val_loss'] for e in log['eval_steps'])
     with open(out / 'metrics.csv') as f:
         rows = list(csv.DictReader(f))
+    assert [(int(r['iter']), float(r['val_loss'])) for r in rows if r['val_loss']] == \
+        [(e['iter'], pytest.approx(e['val_loss'])) for e in log['eval_steps']]  # a row per evaluation
+    rows = [r for r in rows if r['loss']]  # and one per log line
     assert [int(r['iter']) for r in rows] == [e['iter'] for e in iters]
     assert [float(r['loss']) for r in rows] == pytest.approx([e['loss'] for e in iters])
     ckpts = sorted(n for n in os.listdir(out) if n.startswith('ckpt_'))
