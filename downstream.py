@@ -23,7 +23,6 @@ import re
 import time
 
 import torch
-import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TASKS = ('hellaswag', 'arc_easy', 'arc_challenge', 'piqa', 'winogrande', 'lambada')
@@ -113,8 +112,8 @@ def score(model, pairs, block_size, device, autocast, batch_tokens=8192):
         tokens = (context + continuation)[-(block_size + 1):]  # a long context keeps its last tokens
         scored = min(len(continuation), len(tokens) - 1)
         rows.append((tokens[:-1], tokens[len(tokens) - scored:] if scored else []))
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
-    results = [None] * len(rows)
+    order = sorted((i for i in range(len(rows)) if rows[i][1]), key=lambda i: -len(rows[i][0]))
+    results = [(0.0, True)] * len(rows)  # an empty continuation: nothing to score
     start = 0
     while start < len(order):
         width = len(rows[order[start]][0])
@@ -122,19 +121,25 @@ def score(model, pairs, block_size, device, autocast, batch_tokens=8192):
         batch = order[start:start + count]
         start += count
         x = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, i in enumerate(batch):
-            x[r, :len(rows[i][0])] = torch.tensor(rows[i][0])
-        with autocast:
-            logits, _ = model(x.to(device))
+        keep_rows, keep_positions = [], []
         for r, i in enumerate(batch):
             inputs, target = rows[i]
-            if not target:
-                results[i] = (0.0, True)
-                continue
-            span = logits[r, len(inputs) - len(target):len(inputs)].float()
-            logprobs = F.log_softmax(span, dim=-1)
-            wanted = torch.tensor(target, device=logprobs.device)
-            results[i] = (logprobs.gather(1, wanted[:, None]).sum().item(), bool((span.argmax(-1) == wanted).all()))
+            x[r, :len(inputs)] = torch.tensor(inputs)
+            keep_rows += [r] * len(target)
+            keep_positions += range(len(inputs) - len(target), len(inputs))
+        keep = (torch.tensor(keep_rows, device=device), torch.tensor(keep_positions, device=device))
+        with autocast:  # logits at the continuations' positions only: the head over the whole batch is most of it
+            logits, _ = model(x.to(device), keep=keep)
+        logits = logits.float()
+        wanted = torch.tensor([t for i in batch for t in rows[i][1]], device=logits.device)
+        # log-probability = logit - logsumexp: two reads of the logits, no (N, vocab) log_softmax written out
+        picked = (logits.gather(1, wanted[:, None])[:, 0] - torch.logsumexp(logits, -1)).double().cpu()
+        hits = (logits.argmax(-1) == wanted).cpu()  # greedy as lm-eval checks it (first index on a tie)
+        offset = 0
+        for i in batch:
+            n = len(rows[i][1])
+            results[i] = (picked[offset:offset + n].sum().item(), bool(hits[offset:offset + n].all()))
+            offset += n
     return results
 
 

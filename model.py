@@ -429,7 +429,7 @@ class GPT(nn.Module):
                 n -= self.wte.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, cache=None):
+    def forward(self, idx, targets=None, cache=None, keep=None):
         c = self.config
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
@@ -451,6 +451,8 @@ class GPT(nn.Module):
         if cache is not None:
             cache.pos += T
             x = x[:, -1:, :]  # generation only needs the next-token logits
+        if keep is not None:  # (rows, positions): logits there only, (N, vocab) (scoring continuations)
+            x = x[keep]
         if self.norm_f is not None:
             x = self.norm_f(x)
         logits = self.lm_head(x)

@@ -97,10 +97,11 @@ def compare(ours, theirs):
     for task, (metrics, lls) in ours.items():
         their_metrics, their_lls = theirs[task]
         worst = max(abs(a - b) for mine, other in zip(lls, their_lls) for a, b in zip(mine, other))
+        relative = max(abs(a - b) / max(1.0, abs(b)) for mine, other in zip(lls, their_lls) for a, b in zip(mine, other))
         same = all(len(a) == len(b) for a, b in zip(lls, their_lls)) and len(lls) == len(their_lls)
         acc_equal = abs(metrics['acc'] - their_metrics['acc,none']) < 1e-12
         norm_equal = 'acc_norm' not in metrics or abs(metrics['acc_norm'] - their_metrics['acc_norm,none']) < 1e-12
-        report[task] = {'max_ll_difference': worst, 'same_requests': same, 'acc': metrics['acc'],
+        report[task] = {'max_ll_difference': worst, 'max_relative_difference': relative, 'same_requests': same, 'acc': metrics['acc'],
                         'lm_eval_acc': their_metrics['acc,none'], 'acc_equal': acc_equal, 'acc_norm_equal': norm_equal,
                         'acc_norm': metrics.get('acc_norm'), 'lm_eval_acc_norm': their_metrics.get('acc_norm,none')}
     return report
@@ -125,12 +126,13 @@ def main():
         start = time.time()
         theirs = run_lm_eval(hf_dir, tasks, args.limit, args.evals_dir)
         theirs_s = time.time() - start
-    print('| task | items | acc (modgpt / lm-eval) | acc_norm (modgpt / lm-eval) | largest log-likelihood difference |')
+    print('| task | items | acc (modgpt / lm-eval) | acc_norm (modgpt / lm-eval) | largest log-likelihood difference '
+          '(absolute, relative) |')
     print('|---|---|---|---|---|')
     for task, r in compare(ours, theirs).items():
         norm = f"{r['acc_norm']:.4f} / {r['lm_eval_acc_norm']:.4f}" if r['acc_norm'] is not None else '-'
         print(f"| {task} | {args.limit} | {r['acc']:.4f} / {r['lm_eval_acc']:.4f} | {norm} | "
-              f"{r['max_ll_difference']:.2e} |")
+              f"{r['max_ll_difference']:.1e}, {r['max_relative_difference']:.1e} |")
     print(f"\n{path}: downstream.py {ours_s:.1f} s, lm-eval {theirs_s:.1f} s (both on CPU, fp32, model load included)")
 
 

@@ -52,8 +52,9 @@ class UnigramModel(torch.nn.Module):
         self.logits = torch.randn(vocab_size, generator=torch.Generator().manual_seed(seed)) * 3
         self.config = type('Config', (), {'block_size': block_size})
 
-    def forward(self, idx, targets=None):
-        return self.logits.expand(*idx.shape, -1).clone(), None
+    def forward(self, idx, targets=None, keep=None):
+        logits = self.logits.expand(*idx.shape, -1).clone()
+        return (logits if keep is None else logits[keep]), None
 
 
 def char_tokenizer(texts):
