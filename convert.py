@@ -265,6 +265,26 @@ def load_hf(hf_dir):
     return model, hf_tokenizer_spec(hf_dir, config)
 
 
+def load_model(out_dir='out', ckpt='', init_from='', data_dir=''):
+    """The model to sample from or evaluate: a Hugging Face folder or hub name (init_from), a checkpoint file
+    (ckpt), or the newest loadable checkpoint in out_dir. Returns (model, tokenizer spec or None, the folder the
+    tokenizer's files are in, iteration, source); ConversionError names what is missing."""
+    if init_from:
+        model, spec = load_hf(resolve_hf(init_from))
+        return model, spec, data_dir, 0, init_from
+    if ckpt and not os.path.isfile(ckpt):
+        raise ConversionError(f"checkpoint {ckpt!r} not found")
+    checkpoint, ckpt = ckpt_files.load_newest([ckpt] if ckpt else ckpt_files.list_checkpoints(out_dir))
+    if checkpoint is None:
+        raise ConversionError(f"no loadable checkpoint {'in ' + repr(out_dir) if not ckpt else ''}")
+    model = GPT(GPTConfig(**checkpoint['model_args']))
+    model.load_state_dict(checkpoint['model'])
+    config = checkpoint['config']
+    spec_dir = data_dir or config.get('data_dir') or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+                                                                    config.get('dataset', ''))
+    return model, (checkpoint.get('meta') or {}).get('tokenizer'), spec_dir, checkpoint['iter_num'], ckpt
+
+
 def hf_tokenizer_spec(hf_dir, config):
     """How tokenizer.py should rebuild this model's tokenizer: the folder's own files when it has any."""
     names = set(os.listdir(hf_dir))

