@@ -340,6 +340,9 @@ def sum_over_ranks(t):
     return t
 
 
+stop_request = None  # 'interrupted' (Ctrl-C) or 'preempted' (SIGTERM, SIGUSR1: a scheduler taking the machine back)
+
+
 @torch.no_grad()
 def estimate_loss():
     """Mean cross-entropy per split over eval_iters fixed batches, shared out over the ranks."""
@@ -352,6 +355,9 @@ def estimate_loss():
         total = 0.0
         for k in range(rank, steps * world_size, world_size):
             # every rank runs the same number of forwards (FSDP's all-gathers need all of them); extras count 0
+            if stop_request and not distributed:  # a signal during a long evaluation: stop now, not after it
+                model.train()
+                return None
             x, y = batches.eval(split, k % eval_iters)
             with autocast, attention_context():
                 model(x, y)
@@ -510,9 +516,6 @@ if eval_only:
 say(monitor.startup_report(header['startup_info']))
 
 # ---- training loop ----
-stop_request = None  # 'interrupted' (Ctrl-C) or 'preempted' (SIGTERM, SIGUSR1: a scheduler taking the machine back)
-
-
 def on_signal(signum, frame):
     global stop_request
     if signum == signal.SIGINT and stop_request == 'interrupted':  # a second Ctrl-C aborts at once
@@ -556,8 +559,11 @@ while True:
     if iter_num >= max_iters:
         stop = 'max_iters'
     evaluate = eval_iters and iter_num % eval_interval == 0 and not (iter_num == start_iter and checkpoint is not None)
-    if evaluate or (eval_iters and stop in ('max_iters', 'max_time') and iter_num != start_iter):
-        losses, scores = estimate_loss(), {}
+    run_eval = evaluate or (eval_iters and stop in ('max_iters', 'max_time') and iter_num != start_iter)
+    losses, scores = estimate_loss() if run_eval else None, {}
+    if run_eval and losses is None:
+        stop = stop_request  # cut short by a signal: checkpoint (if there is progress) and stop
+    elif run_eval:
         if task_names and (stop or iter_num % (eval_tasks_interval or eval_interval) == 0):
             # FSDP ranks must run the same forwards: each scores every item; otherwise items are shared out
             sharded = distributed and parallelism == 'fsdp'

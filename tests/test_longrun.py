@@ -172,3 +172,13 @@ def test_shakespeare_char_is_prepared_on_first_use(tmp_path):
         for name in ('train.bin', 'val.bin', 'meta.json') + (('input.txt',) if placed else ()):
             if os.path.exists(os.path.join(folder, name)):
                 os.remove(os.path.join(folder, name))
+
+
+def test_a_signal_during_a_long_evaluation_stops_at_once(data, tmp_path):
+    proc = launch(data, tmp_path / 'o', '--eval_iters=1000000', '--max_iters=10')
+    for line in proc.stdout:  # the start-up report is out: the first evaluation (a million batches) is running
+        if line.startswith('first step') or 'evaluating' in line or line.startswith('  at 50% MFU'):
+            break
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 75 and 'stopped at iteration 0: preempted' in stdout, stdout + stderr
