@@ -68,7 +68,8 @@ def apply(config, argv, types=None, renamed=None):
                 if key.startswith('_') or type(value).__name__ in ('module', 'function', 'type'):
                     continue
                 if key not in config and key in renamed:
-                    raise ConfigError(f"{arg}: {key} is not a setting here; use {renamed[key][0]} = {renamed[key][1]!r}")
+                    new_key, value = renamed[key]
+                    raise ConfigError(f"{arg}: {key} is not a setting here; use {new_key} = {value!r}")
                 if key not in config:
                     raise ConfigError(f"{arg}: unknown config key {key!r}{_suggest(key, known)}")
                 config[key] = value

@@ -97,7 +97,8 @@ if rank == 0:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f'eval_{iteration}.json')
     record = {**results, '_run': {'model': source, 'iter': iteration, 'limit': limit or None, 'dtype': dtype,
-                                   'device': device, 'world_size': world_size, 'total_time_s': round(time.time() - started, 3)}}
+                                   'device': device, 'world_size': world_size,
+                                   'total_time_s': round(time.time() - started, 3)}}
     with open(path + '.tmp', 'w') as f:
         json.dump(record, f, indent=1)
     os.replace(path + '.tmp', path)

@@ -10,13 +10,51 @@ the device computes.
 Neither keeps state beyond the seed: resume is exact and 1, 2 or 8 ranks see the same data. The permutation is a
 keyed Feistel network over the window indices, so it costs no memory whatever the corpus size.
 """
+import json
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 SAMPLING = ('auto', 'random', 'epoch')
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SMALL_DATASETS = ('shakespeare_char', 'shakespeare', 'shakespeare_sp')  # prepared on first use
+
+
+class DataError(Exception):
+    """A dataset that is not there or not whole: one line for the user."""
+
+
+def open_dataset(dataset, data_dir='', prepare=True, say=print):
+    """(data_dir, meta, {'train': TokenStream, 'val': TokenStream}) of data_dir, or of data/<dataset>. A small
+    built-in dataset that has no meta.json yet is prepared first (prepare=True) by its own prepare.py."""
+    folder = os.path.join(ROOT, 'data', dataset)
+    if not data_dir and prepare and dataset in SMALL_DATASETS and not os.path.isfile(os.path.join(folder, 'meta.json')):
+        say(f"data/{dataset} is not prepared yet: running data/{dataset}/prepare.py first")
+        done = subprocess.run([sys.executable, os.path.join(folder, 'prepare.py')], capture_output=True, text=True)
+        if done.returncode:
+            why = (done.stderr.strip().splitlines() or ['no message'])[-1].removeprefix('error: ')
+            raise DataError(f"data/{dataset}/meta.json is missing and data/{dataset}/prepare.py could not make it "
+                            f"({why})")
+    data_dir = data_dir or folder
+    if not os.path.isdir(data_dir):
+        known = sorted(d for d in os.listdir(os.path.join(ROOT, 'data'))
+                       if os.path.isfile(os.path.join(ROOT, 'data', d, 'prepare.py')))
+        raise DataError(f"unknown dataset {dataset!r}: no folder {data_dir}; known: {', '.join(known)}")
+    if not os.path.isfile(os.path.join(data_dir, 'meta.json')):
+        raise DataError(f"{os.path.join(data_dir, 'meta.json')} is missing; run python data/{dataset}/prepare.py first")
+    with open(os.path.join(data_dir, 'meta.json')) as f:
+        meta = json.load(f)
+    try:
+        streams = {split: TokenStream(data_dir, split, meta) for split in ('train', 'val')}
+    except FileNotFoundError as e:
+        raise DataError(f"{e}; run python data/{dataset}/prepare.py first")
+    except ValueError as e:
+        raise DataError(str(e))
+    return data_dir, meta, streams
 
 
 class TokenStream:

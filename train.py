@@ -12,7 +12,6 @@ import math
 import os
 import platform
 import signal
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -32,7 +31,7 @@ from configurator import configure
 import monitor
 import perf
 from model import GPT, GPTConfig
-from tokenizer import load_tokenizer, read_meta
+from tokenizer import load_tokenizer
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -158,7 +157,8 @@ local_accumulation = gradient_accumulation_steps // world_size
 checkpoint = None
 if init_from == 'auto':
     init_from = 'resume' if ckpt_files.list_checkpoints(out_dir) or resume_from else 'scratch'
-    say(f"init_from='auto': {'resuming' if init_from == 'resume' else 'no checkpoint in ' + repr(out_dir) + ', starting from scratch'}")
+    say(f"init_from='auto': " + ('resuming' if init_from == 'resume' else
+                                  f"no checkpoint in {out_dir!r}, starting from scratch"))
 if init_from == 'resume' or eval_only:
     if resume_from:
         if not os.path.exists(resume_from):
@@ -185,29 +185,12 @@ if checkpoint is None and (ckpt_files.list_checkpoints(out_dir) or os.path.exist
     stale_files = ckpt_files.list_checkpoints(out_dir) + glob.glob(os.path.join(out_dir, 'best.pt')) + \
         glob.glob(os.path.join(out_dir, 'metrics.csv'))
 
-SMALL_DATASETS = ('shakespeare_char', 'shakespeare', 'shakespeare_sp')  # prepared on first use
-if not data_dir and dataset in SMALL_DATASETS and not distributed and \
-        not os.path.isfile(os.path.join(ROOT, 'data', dataset, 'meta.json')):
-    say(f"data/{dataset} is not prepared yet: running data/{dataset}/prepare.py first")
-    _prepared = subprocess.run([sys.executable, os.path.join(ROOT, 'data', dataset, 'prepare.py')],
-                               capture_output=True, text=True)
-    if _prepared.returncode:
-        _why = (_prepared.stderr.strip().splitlines() or ['no message'])[-1].removeprefix('error: ')
-        die(f"data/{dataset}/meta.json is missing and data/{dataset}/prepare.py could not make it ({_why})")
-data_dir = data_dir or os.path.join(ROOT, 'data', dataset)
-if not os.path.isdir(data_dir):
-    known = sorted(d for d in os.listdir(os.path.join(ROOT, 'data'))
-                   if os.path.isfile(os.path.join(ROOT, 'data', d, 'prepare.py')))
-    die(f"unknown dataset {dataset!r}: no folder {data_dir}; known: {', '.join(known)}")
-if not os.path.isfile(os.path.join(data_dir, 'meta.json')):
-    die(f"{os.path.join(data_dir, 'meta.json')} is missing; run python data/{dataset}/prepare.py first")
-meta = read_meta(data_dir)
 if sampling not in loader.SAMPLING:
     die(f"sampling={sampling!r} is invalid; allowed: {', '.join(loader.SAMPLING)}")
-try:
-    streams = {split: loader.TokenStream(data_dir, split, meta) for split in ('train', 'val')}
-except (OSError, ValueError) as e:
-    die(f"{e}; run python data/{dataset}/prepare.py first" if isinstance(e, FileNotFoundError) else str(e))
+try:  # the Shakespeare datasets are prepared on first use (one process only: ranks would race)
+    data_dir, meta, streams = loader.open_dataset(dataset, data_dir, prepare=not distributed, say=say)
+except loader.DataError as e:
+    die(str(e))
 
 
 task_names = [t for t in eval_tasks.split(',') if t]  # downstream tasks: data present and encodable, checked now
