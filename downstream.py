@@ -215,14 +215,15 @@ def evaluate(model, tokenizer, tasks, block_size, device, autocast, limit=None, 
     return results
 
 
+def _cell(value, digits=4):
+    return '-' if value is None else f'{value:.{digits}f}'
+
+
 def table(results):
     """A markdown table of results."""
     lines = ['| task | n | acc | acc_norm | acc_token_norm | perplexity | time |', '|---|---|---|---|---|---|---|']
     for task, r in results.items():
-        def cell(key):
-            value = r.get(key)
-            return '-' if value is None else f'{value:.2f}' if key == 'perplexity' else f'{value:.4f}'
         err = f" ± {r['acc_stderr']:.4f}" if r.get('acc_stderr') is not None else ''
-        lines.append(f"| {task} | {r['n']} | {cell('acc')}{err} | {cell('acc_norm')} | {cell('acc_token_norm')} | "
-                     f"{cell('perplexity')} | {r['time_s']:.1f} s |")
+        lines.append(f"| {task} | {r['n']} | {_cell(r.get('acc'))}{err} | {_cell(r.get('acc_norm'))} | "
+                     f"{_cell(r.get('acc_token_norm'))} | {_cell(r.get('perplexity'), 2)} | {r['time_s']:.1f} s |")
     return '\n'.join(lines)

@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+from queue import SimpleQueue
 
 import numpy as np
 
@@ -412,16 +413,16 @@ def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text
                'unit_mb': unit_mb, 'shard_tokens': shard_tokens}
     train_files = expand_inputs(inputs)
     val_files = expand_inputs(val_inputs) if val_inputs else []
-    units = plan_units(train_files, 'auto' if not val_files else 'train', options) + plan_units(val_files, 'val', options)
     if val_files:
         options['val_fraction'] = 0.0  # explicit val files: every other document trains
-    if val_files == [] and val_fraction == 0:
+    elif val_fraction == 0:
         raise PrepareError("no val split: pass --val_fraction > 0 or --val_input files")
+    units = plan_units(train_files, 'auto' if not val_files else 'train', options) + plan_units(val_files, 'val', options)
     os.makedirs(out_dir, exist_ok=True)
     work_dir = os.path.join(out_dir, WORK)
 
     if tokenizer == 'char':
-        spec = char_spec(units, options, work_dir, num_proc)
+        spec = char_spec(units, options, num_proc)
         tokenizer = Tokenizer(spec, out_dir)
     spec = tokenizer.spec
     if tokenizer.eot is None:
@@ -470,7 +471,7 @@ def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text
     bar = progress_bar(total, done_bytes, 'tokenizing') if todo else None
     queue, reader, started = None, None, time.time()
     if bar is not None:
-        queue = SPAWN.Queue() if num_proc > 1 else _LocalQueue()
+        queue = SPAWN.Queue() if num_proc > 1 else SimpleQueue()
         tokens = [0]
 
         def follow():
@@ -504,20 +505,7 @@ def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text
     return meta
 
 
-class _LocalQueue:
-    """The progress queue when everything runs in this process."""
-    def __init__(self):
-        import queue
-        self.q = queue.SimpleQueue()
-
-    def put(self, item):
-        self.q.put(item)
-
-    def get(self):
-        return self.q.get()
-
-
-def char_spec(units, options, work_dir, num_proc):
+def char_spec(units, options, num_proc):
     """The char tokenizer's vocabulary: every character of the corpus (a first, parallel pass), plus end-of-text."""
     chars = set()
     for found in run_pool(collect_characters, [(i, u, options) for i, u in enumerate(units)],
