@@ -93,6 +93,12 @@ def full_state(model, raw_model, optimizers, zero):
     return get_state_dict(model, optimizers, options=full)
 
 
+def load_full_model_state(model, state):
+    """A full-format model state into a sharded (FSDP) model: each rank keeps its part."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+
+
 def load_optimizer_state(model, raw_model, optimizers, state, zero):
     """Load a full-format optimizer state into any mode; every rank passes the whole state."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
+import torch.utils.flop_counter
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
@@ -81,6 +82,9 @@ class GPTConfig:
         for name in ('ffn_hidden', 'moe_intermediate_size'):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 bad(name, 'a positive integer or None')
+        if self.n_expert and (self.n_embd % 8 or self.expert_hidden_size % 8):  # grouped matmuls need 16-byte rows
+            bad('n_embd' if self.n_embd % 8 else 'moe_intermediate_size',
+                f'a multiple of 8 with n_expert > 0 (n_embd={self.n_embd}, expert hidden size={self.expert_hidden_size})')
         if self.ffn_multiple_of < 1:
             bad('ffn_multiple_of', 'a positive integer')
 
@@ -248,7 +252,6 @@ class Attention(nn.Module):
         # one fused projection: n_head query heads, then kv_heads key heads and kv_heads value heads
         self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.kv_heads) * hd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.c_proj.residual = True
         if config.qk_norm:
             self.q_norm = Norm(hd, config.normalization, config.norm_eps)
             self.k_norm = Norm(hd, config.normalization, config.norm_eps)
@@ -301,7 +304,6 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)  # up
         self.c_gate = nn.Linear(config.n_embd, hidden, bias=config.bias) if config.ffn_type != 'standard' else None
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)  # down
-        self.c_proj.residual = True
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -311,9 +313,50 @@ class MLP(nn.Module):
         return self.dropout(y), None
 
 
+# Expert matmuls over tokens sorted by expert: torch._grouped_mm runs every expert in one kernel with the group
+# boundaries in a device tensor, so nothing waits for the host. It is wrapped in a custom op because torch's own
+# shape function (used on the meta device and by torch.compile) accepts only bf16, while the kernel itself runs
+# fp32 too.
+@torch.library.custom_op('modgpt::grouped_mm', mutates_args=())
+def grouped_mm(a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """a (rows, in) @ b (groups, in, out) -> (rows, out), rows ends[g-1]:ends[g] by b[g]; or, with a 2-D b (the
+    weight gradient), a (in, rows) @ b (rows, out) -> (groups, in, out), one product per group of rows."""
+    if a.dtype == torch.float64:  # no float64 kernel: a loop, for gradient checks
+        starts = [0] + ends.tolist()[:-1]
+        if b.dim() == 2:
+            return torch.stack([a[:, s:e] @ b[s:e] for s, e in zip(starts, ends.tolist())])
+        return torch.cat([a[s:e] @ b[g] for g, (s, e) in enumerate(zip(starts, ends.tolist()))])
+    return torch._grouped_mm(a, b, offs=ends)
+
+
+@grouped_mm.register_fake
+def _(a, b, ends):
+    if b.dim() == 2:
+        return a.new_empty(ends.size(0), a.size(0), b.size(1))
+    return a.new_empty(a.size(0), b.size(-1))
+
+
+@torch.utils.flop_counter.register_flop_formula(torch.ops.modgpt.grouped_mm)
+def _(a_shape, b_shape, ends_shape, **kwargs):  # 2*m*n*k over all rows, the padding included
+    return 2 * a_shape[0] * a_shape[1] * b_shape[-1]
+
+
+def _grouped_mm_backward(ctx, grad):
+    a, b, ends = ctx.saved_tensors
+    grad = grad.contiguous()
+    return grouped_mm(grad, b.transpose(-2, -1), ends), grouped_mm(a.t(), grad, ends), None
+
+
+grouped_mm.register_autograd(_grouped_mm_backward,
+                             setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs))
+
+MOE_ALIGN = 16  # rows per expert group are padded to a multiple of this: grouped-GEMM kernels need aligned groups
+
+
 class MoE(nn.Module):
-    """Top-k softmax router over n_expert FFNs (experts stacked in 3-D tensors).
-    Tokens are sorted by expert so each expert runs one matmul over its tokens: no per-token Python loop."""
+    """Top-k softmax router over n_expert FFNs (experts stacked in 3-D tensors). Every shape is fixed by the
+    batch, not by the routing, so the layer compiles into one graph, runs on the meta device and never syncs
+    with the host. dispatch_loop is the plain per-expert loop it must equal (tests compare them)."""
 
     def __init__(self, config):
         super().__init__()
@@ -323,7 +366,6 @@ class MoE(nn.Module):
         self.w_up = nn.Parameter(torch.empty(E, H, D))
         self.w_gate = nn.Parameter(torch.empty(E, H, D)) if config.ffn_type != 'standard' else None
         self.w_down = nn.Parameter(torch.empty(E, D, H))
-        self.w_down.residual = True
         self.b_up = nn.Parameter(torch.zeros(E, H)) if config.bias else None
         self.b_gate = nn.Parameter(torch.zeros(E, H)) if config.bias and self.w_gate is not None else None
         self.b_down = nn.Parameter(torch.zeros(E, D)) if config.bias else None
@@ -339,19 +381,52 @@ class MoE(nn.Module):
         weights, experts = probs.topk(c.n_expert_per_token, dim=-1)  # (N, k)
         weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
         flat_expert = experts.flatten()  # (N*k,): slot i belongs to token i // k
-        counts = torch.bincount(flat_expert, minlength=c.n_expert)
+        counts = torch.zeros(c.n_expert, dtype=torch.long, device=x.device).scatter_add_(
+            0, flat_expert, torch.ones_like(flat_expert))  # not bincount: its output size depends on the data
         fraction = counts.float() / flat_expert.numel()
-        self.expert_fraction = fraction.detach()
+        with torch.no_grad():
+            self.expert_fraction.copy_(fraction)
         # Switch Transformer load-balancing loss: E * sum_e (share of routed slots) * (mean router prob); 1.0 when balanced
         aux_loss = c.n_expert * (fraction * probs.mean(dim=0)).sum()
         out = self.dispatch(x, flat_expert, counts, weights.flatten())
         return self.dropout(out.view(B, T, D)), aux_loss
 
     def dispatch(self, x, flat_expert, counts, flat_weight):
+        c, E, A = self.config, self.config.n_expert, MOE_ALIGN
+        slots = flat_expert.numel()
+        order = flat_expert.argsort(stable=True)  # sorted slot -> routed slot
+        token = order // c.n_expert_per_token  # the token each sorted slot comes from
+        sorted_expert = flat_expert[order]
+        # each expert's rows start at a multiple of A; a static row count (slots + E*A) bounds every routing
+        padded = (counts + A - 1) // A * A
+        ends = padded.cumsum(0)
+        first_slot = counts.cumsum(0) - counts  # where each expert's slots begin in sorted order
+        row = (ends - padded)[sorted_expert] + torch.arange(slots, device=x.device) - first_slot[sorted_expert]
+        rows = slots + E * A
+        ends = torch.cat([ends[:-1], ends.new_full((1,), rows)]).to(torch.int32)  # the last group takes the tail
+        device_type = x.device.type  # under autocast the grouped matmuls run in its dtype, like F.linear
+        autocasting = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocasting else x.dtype
+        xs = x.new_zeros(rows, x.size(1), dtype=dtype).index_copy(0, row, x[token].to(dtype))
+        row_expert = torch.searchsorted(ends, torch.arange(rows, device=x.device, dtype=torch.int32), right=True)
+
+        def linear(h, w, b):  # every expert's h @ w[e].T (+ b[e]) in one grouped matmul
+            y = grouped_mm(h, w.to(dtype).transpose(-2, -1), ends)
+            return y if b is None else y + b.to(dtype)[row_expert.clamp(max=E - 1)]
+
+        if c.ffn_type == 'standard':
+            h = activate(linear(xs, self.w_up, self.b_up), c.activation)
+        else:
+            gate_act = 'silu' if c.ffn_type == 'swiglu' else 'gelu'
+            h = activate(linear(xs, self.w_gate, self.b_gate), gate_act) * linear(xs, self.w_up, self.b_up)
+        ys = linear(h, self.w_down, self.b_down)[row] * flat_weight[order].unsqueeze(-1).to(dtype)
+        return torch.zeros_like(x, dtype=dtype).index_add_(0, token, ys)
+
+    def dispatch_loop(self, x, flat_expert, counts, flat_weight):
+        """The reference: one FFN call per expert over its tokens (counts.tolist() waits for the host)."""
         c = self.config
-        k = c.n_expert_per_token
         order = flat_expert.argsort(stable=True)
-        token = order // k  # the token each sorted slot comes from
+        token = order // c.n_expert_per_token
         xs = x[token]
         # unbind once: indexing w[e] per expert would make backward build a full-size zero gradient per expert
         per_expert = [t.unbind(0) if t is not None else [None] * c.n_expert
@@ -382,41 +457,74 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    """Built on the default device; under `with torch.device('meta'):` no memory is taken and no weight drawn:
+    shard it (FSDP) or not, then `to_empty(device=...)` and `init_weights()`, and it equals the direct build."""
+
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.position_encoding == 'learned_absolute' else None
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
-        # post-norm blocks already end in a norm, so only pre-norm needs a final one
-        self.norm_f = Norm(config.n_embd, config.normalization, config.norm_eps) if config.norm_position == 'pre' else None
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.weight_tying:
-            self.lm_head.weight = self.wte.weight
-        if config.position_encoding == 'rope':
-            cos, sin = rope_tables(config, config.block_size)
-            self.register_buffer('rope_cos', cos, persistent=False)
-            self.register_buffer('rope_sin', sin, persistent=False)
+        device = torch.get_default_device()
+        with torch.device('meta'):  # the layers' own default inits would only be overwritten: skip them
+            self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+            self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.position_encoding == 'learned_absolute' else None
+            self.drop = nn.Dropout(config.dropout)
+            self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+            # post-norm blocks already end in a norm, so only pre-norm needs a final one
+            self.norm_f = Norm(config.n_embd, config.normalization, config.norm_eps) if config.norm_position == 'pre' else None
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+            if config.weight_tying:
+                self.lm_head.weight = self.wte.weight
+            if config.position_encoding == 'rope':
+                self.register_buffer('rope_cos', torch.empty(config.block_size, config.head_dim // 2), persistent=False)
+                self.register_buffer('rope_sin', torch.empty(config.block_size, config.head_dim // 2), persistent=False)
         self.ce_loss = None  # the last forward's pure cross-entropy (detached), comparable across architectures
         self.aux_loss = None  # the last forward's MoE load-balancing loss (detached)
-        self.apply(self._init_weights)
+        if device.type != 'meta':
+            self.to_empty(device=device)
+            self.init_weights()
 
-    def _init_weights(self, module):
-        # GPT-2: N(0, init_std) everywhere, residual output projections scaled by 1/sqrt(2*n_layer)
-        std = self.config.init_std
-        residual_std = std / math.sqrt(2 * self.config.n_layer)
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, residual_std if getattr(module, 'residual', False) else std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, 0.0, std)
-        elif isinstance(module, MoE):
-            for w in (module.w_up, module.w_gate):
-                if w is not None:
-                    nn.init.normal_(w, 0.0, std)
-            nn.init.normal_(module.w_down, 0.0, residual_std)
+    @torch.no_grad()
+    def init_weights(self):
+        """Every parameter and buffer, in place. GPT-2: N(0, init_std) everywhere, residual output projections
+        scaled by 1/sqrt(2*n_layer). Random values are drawn on the CPU, one tensor at a time in a fixed order, so
+        a seed gives the same model on any device, and FSDP ranks (DTensor shards) keep their part of it."""
+        c = self.config
+        std, residual_std = c.init_std, c.init_std / math.sqrt(2 * c.n_layer)
+        if c.weight_tying and self.lm_head.weight is not self.wte.weight:  # to_empty made two tensors: tie again
+            self.lm_head.weight = self.wte.weight
+
+        def normal(param, sd):
+            full = torch.empty(param.shape, device='cpu').normal_(0.0, sd)
+            if hasattr(param, 'device_mesh'):  # an FSDP shard: this rank's slice of the full tensor
+                from torch.distributed.tensor import distribute_tensor
+                param.to_local().copy_(distribute_tensor(full, param.device_mesh, param.placements,
+                                                         src_data_rank=None).to_local())
+            else:
+                param.copy_(full)
+
+        for name, module in self.named_modules():
+            if isinstance(module, Norm):
+                module.weight.fill_(1.0)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                normal(module.weight, std)
+            elif isinstance(module, nn.Linear) and not (module is self.lm_head and c.weight_tying):
+                normal(module.weight, residual_std if name.endswith('c_proj') else std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, MoE):
+                for w, sd in ((module.w_up, std), (module.w_gate, std), (module.w_down, residual_std)):
+                    if w is not None:
+                        normal(w, sd)
+                for b in (module.b_up, module.b_gate, module.b_down):
+                    if b is not None:
+                        b.zero_()
+                module.expert_fraction.zero_()
+        if c.position_encoding == 'rope':
+            cos, sin = rope_tables(c, c.block_size, device=self.rope_cos.device)
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
 
     def get_num_params(self, non_embedding=True):
         """Non-embedding leaves out the position table and, when untied, the input token table

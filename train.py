@@ -269,13 +269,14 @@ if flash_attention == 'require' and attention_kernel != 'flash':
 
 # ---- model, parallel wrapping, optimizer, state ----
 torch.manual_seed(seed)  # the same initial weights on every rank
-raw_model = GPT(model_config).to(device)
-if checkpoint is not None and 'sharded' not in checkpoint:
-    raw_model.load_state_dict(checkpoint['model'])  # before sharding: FSDP then splits the loaded weights
-elif hf_state is not None:
-    raw_model.load_state_dict(hf_state)
+fsdp = distributed and parallelism == 'fsdp'
+with torch.device('meta' if fsdp else device):  # FSDP: built without memory, filled after sharding (model.py)
+    raw_model = GPT(model_config)
+full_weights = checkpoint['model'] if checkpoint is not None and 'sharded' not in checkpoint else hf_state
+if full_weights is not None and not fsdp:
+    raw_model.load_state_dict(full_weights)
 zero = distributed and parallelism == 'zero1'
-if distributed and parallelism == 'fsdp':
+if fsdp:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if dtype == 'bfloat16' else MixedPrecisionPolicy()
@@ -284,6 +285,10 @@ if distributed and parallelism == 'fsdp':
             block_module.compile(mode=compile_mode, dynamic=compile_dynamic)  # per block, before sharding
         fully_shard(block_module, mp_policy=mp_policy, reshard_after_forward=fsdp_reshard_after_forward)
     model = fully_shard(raw_model, mp_policy=mp_policy, reshard_after_forward=fsdp_reshard_after_forward)
+    raw_model.to_empty(device=device)  # each rank allocates its shards only, then draws or loads into them
+    raw_model.init_weights()
+    if full_weights is not None:
+        ckpt_files.load_full_model_state(model, full_weights)
 else:
     if compile:
         raw_model.compile(mode=compile_mode, dynamic=compile_dynamic)  # in place: no _orig_mod. in state_dict keys
