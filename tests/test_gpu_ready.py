@@ -43,11 +43,31 @@ def test_grouped_dispatch_equals_the_per_expert_loop(ffn_type, bias, k):
     flat, counts, weights = routing(37, 5, k, seed=1, starve=2)
     assert counts[2] == 0
     params = [x] + [p for p in moe.parameters() if p is not moe.router.weight]
-    out, ref = moe.dispatch(x, flat, counts, weights), moe.dispatch_loop(x, flat, counts, weights)
+    out, ref = moe.dispatch_grouped(x, flat, counts, weights), moe.dispatch_loop(x, flat, counts, weights)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     grad = torch.randn_like(out)
     for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_dispatch_gradcheck():
+    torch.manual_seed(0)
+    moe = M.MoE(GPTConfig(n_embd=8, n_head=2, ffn_type='swiglu', bias=True, n_expert=3, moe_intermediate_size=8))
+    moe = moe.double()
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.normal_(0, 0.5)
+    flat, counts, weights = routing(5, 3, 2, seed=2)
+    x = torch.randn(5, 8, dtype=torch.double, requires_grad=True)
+    params = (x, moe.w_up, moe.w_gate, moe.w_down, moe.b_up, moe.b_gate, moe.b_down)
+
+    def f(x, *weights_):
+        for name, w in zip(('w_up', 'w_gate', 'w_down', 'b_up', 'b_gate', 'b_down'), weights_):
+            setattr(moe, name, w)
+        return moe.dispatch_grouped(x, flat, counts, weights.double())
+    for name in ('w_up', 'w_gate', 'w_down', 'b_up', 'b_gate', 'b_down'):
+        delattr(moe, name)  # plain attributes from here on, so gradcheck can feed its own tensors
+    assert torch.autograd.gradcheck(f, params)
 
 
 def test_moe_forward_and_backward_run_on_the_meta_device():
