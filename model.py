@@ -83,7 +83,7 @@ class GPTConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 bad(name, 'a positive integer or None')
         if self.n_expert and (self.n_embd % 8 or self.expert_hidden_size % 8):  # grouped matmuls need 16-byte rows
-            bad('n_embd' if self.n_embd % 8 else 'moe_intermediate_size',
+            bad('n_embd' if self.n_embd % 8 else 'moe_intermediate_size' if self.moe_intermediate_size else 'ffn_hidden',
                 f'a multiple of 8 with n_expert > 0 (n_embd={self.n_embd}, expert hidden size={self.expert_hidden_size})')
         if self.ffn_multiple_of < 1:
             bad('ffn_multiple_of', 'a positive integer')

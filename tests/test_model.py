@@ -436,6 +436,8 @@ def test_expert_fractions_sum_to_one():
     (dict(ffn_type='moe'), "ffn_type='moe'"),
     (dict(attention_backend='flash'), "attention_backend='flash'"),
     (dict(n_expert=2, n_expert_per_token=3), 'n_expert_per_token=3'),
+    (dict(n_expert=2, n_embd=36, n_head=4), 'n_embd=36.*multiple of 8'),
+    (dict(n_expert=2, moe_intermediate_size=100), 'moe_intermediate_size=100.*multiple of 8'),
     (dict(n_embd=36, n_head=12, position_encoding='rope'), 'even for rope'),
     (dict(dropout=1.5), 'dropout=1.5'),
     (dict(n_layer=0), 'n_layer=0'),

@@ -103,7 +103,7 @@ def test_muon_trains(tmp_path):
 @pytest.mark.parametrize('ffn_type', ['standard', 'swiglu'])
 def test_moe_grouped_dispatch_equals_per_token_reference(ffn_type):
     torch.manual_seed(0)
-    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, ffn_hidden=12, ffn_type=ffn_type, bias=True, n_expert=4,
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, ffn_hidden=16, ffn_type=ffn_type, bias=True, n_expert=4,
                     n_expert_per_token=2)
     moe = MoE(cfg).double()
     with torch.no_grad():
