@@ -43,13 +43,16 @@ def synthetic_data(directory, vocab_size=50257, tokens=2_000_000):
         json.dump(meta, f)
 
 
-def run_one(target, compile_flag, iters, overrides, workdir):
+def run_one(target, compile_flag, iters, overrides, workdir, timeout=None):
     out_dir = os.path.join(workdir, f'run_{len(os.listdir(workdir))}')
     spec = [target] if target.endswith('.py') else [f'--arch_preset={target}']
     cmd = [sys.executable, os.path.join(ROOT, 'train.py'), *spec, f'--data_dir={workdir}/data', f'--out_dir={out_dir}',
            f'--max_iters={iters}', '--eval_iters=0', '--save_checkpoints=False', '--log_interval=1',
            '--warmup_iters=0', '--overwrite=True', f'--compile={compile_flag}', *overrides]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {'target': target, 'compile': compile_flag, 'error': f'no result within {timeout} s'}
     if result.returncode != 0:
         lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
         message = lines[-1].removeprefix('error: ') if lines else f'exit status {result.returncode}'
