@@ -1,27 +1,46 @@
 """
-Which component helps most? Train a baseline and one-switch variants of it with the same seed and token budget,
-one after another, then compare them (bench/compare.py).
+Which component helps, beyond seed noise? Train a baseline and one-switch variants of it, each with several
+seeds, under one budget, and report which difference is real.
 
     python bench/ablate.py config/train_shakespeare_char_cpu.py \\
-        --vary position_encoding=rope normalization=rmsnorm ffn_type=swiglu --max_iters=500
-    python bench/ablate.py config/full_gpt2_124m.py --sweep my_sweep.py --dry_run
+        --vary position_encoding=rope normalization=rmsnorm ffn_type=swiglu --seeds 3 --max_iters=600 --jobs 2
+    python bench/ablate.py config/full_gpt2_124m.py --sweep my_sweep.py --seeds 3 --budget flops --emit slurm
 
---vary KEY=VALUE ...  one variant per item, each changing that one setting of the baseline
---sweep FILE          a Python file defining VARIANTS = [{'name': ..., 'key': value, ...}, ...]
---out_root DIR        where the runs go (default ablations/): DIR/baseline, DIR/<variant>
---dry_run             print the commands instead of running them
-Any other --key=value goes to every run of train.py.
+--vary KEY=VALUE ...   one variant per item, each changing that one setting of the baseline
+--sweep FILE           a Python file defining VARIANTS = [{'name': ..., 'key': value, ...}, ...]
+--seeds N | A,B,C      each variant once per seed (1..N, or the list); the seed sets initial weights, data order and
+                       dropout. 1 (default): one run per variant with the config's seed, no intervals
+--budget B             tokens (default: the same iterations for all) | flops (the same training FLOPs: iterations
+                       scaled by each variant's FLOPs per iteration, measured by a one-step probe of train.py) |
+                       time (the same wall time: give --max_time=SECONDS; the schedule still follows max_iters)
+--jobs K               K trainings at once: each on its own GPU if there are several, else the CPU cores shared out
+--emit slurm           write a job-array script (one run per task) and the report step, instead of running
+--report               only write the report from the runs already finished
+--format md|json       the report's format (comparison.md or comparison.json)
+--out_root DIR         where the runs go (default ablations/): DIR/<variant>[/seed<s>]; the report goes there too
+--dry_run              print the commands instead of running them
+Any other --key=value goes to every run of train.py. Rerunning skips the finished runs and resumes interrupted
+ones from their checkpoints; a failed run is reported and does not stop the others.
 """
+import json
 import os
 import runpy
 import shlex
 import subprocess
+import statistics
 import sys
+import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import compare  # noqa: E402
+import ablate_report  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import runlog  # noqa: E402
+
+FINISHED = ('max_iters', 'max_time', 'target_val_loss')  # stop reasons of a run that did its whole budget
+OPTIONS = {'--seeds': '1', '--budget': 'tokens', '--jobs': '1', '--emit': '', '--format': 'md', '--out_root': 'ablations'}
 
 
 def die(message):
@@ -30,32 +49,40 @@ def die(message):
 
 
 def parse(argv):
-    configs, common, variants, out_root, dry_run = [], [], [], 'ablations', False
+    configs, common, variants, flags = [], [], [], {'dry_run': False, 'report': False}
+    options = dict(OPTIONS)
     i = 0
     while i < len(argv):
         arg = argv[i]
+        key, eq, value = arg.partition('=')
         if arg == '--vary':
             i += 1
             while i < len(argv) and not argv[i].startswith('--'):
-                key, eq, value = argv[i].partition('=')
-                if not eq or not key:
+                name, eq, val = argv[i].partition('=')
+                if not eq or not name:
                     die(f"--vary {argv[i]}: expected KEY=VALUE")
-                variants.append({'name': argv[i], key: value})
+                variants.append({'name': argv[i], name: val})
                 i += 1
             continue
-        if arg == '--sweep':
-            if i + 1 >= len(argv) or not os.path.isfile(argv[i + 1]):
+        if key == '--sweep':
+            path = value if eq else (argv[i + 1] if i + 1 < len(argv) else '')
+            if not os.path.isfile(path):
                 die("--sweep needs a Python file that defines VARIANTS")
-            found = runpy.run_path(argv[i + 1]).get('VARIANTS')
+            found = runpy.run_path(path).get('VARIANTS')
             if not isinstance(found, list) or not all(isinstance(v, dict) and v.get('name') for v in found):
-                die(f"{argv[i + 1]} must define VARIANTS = [{{'name': ..., 'key': value}}, ...]")
+                die(f"{path} must define VARIANTS = [{{'name': ..., 'key': value}}, ...]")
             variants += found
-            i += 2
+            i += 1 if eq else 2
             continue
-        if arg == '--dry_run':
-            dry_run = True
-        elif arg.startswith('--out_root='):
-            out_root = arg.split('=', 1)[1]
+        if key in OPTIONS:
+            if not eq:
+                if i + 1 >= len(argv) or argv[i + 1].startswith('--'):
+                    die(f"{key} needs a value")
+                value = argv[i + 1]
+                i += 1
+            options[key] = value
+        elif arg in ('--dry_run', '--report'):
+            flags[arg[2:]] = True
         elif arg.startswith('--'):
             common.append(arg)
         elif not os.path.isfile(arg):
@@ -68,34 +95,239 @@ def parse(argv):
     names = [v['name'] for v in variants]
     if len(set(names)) != len(names) or 'baseline' in names:
         die(f"variant names must be unique and not 'baseline': {names}")
-    return configs, common, variants, out_root, dry_run
+    seeds = options['--seeds']
+    try:
+        seeds = [int(s) for s in seeds.split(',')] if ',' in seeds else list(range(1, int(seeds) + 1))
+    except ValueError:
+        die(f"--seeds {options['--seeds']}: expected a count (3) or a list (1,2,3)")
+    if not seeds or len(set(seeds)) != len(seeds):
+        die(f"--seeds {options['--seeds']}: expected a positive count or distinct seeds")
+    if options['--budget'] not in ablate_report.BUDGETS:
+        die(f"--budget {options['--budget']} is invalid; allowed: {', '.join(ablate_report.BUDGETS)}")
+    if options['--budget'] == 'time' and not any(a.startswith('--max_time=') for a in common):
+        die("--budget time needs --max_time=SECONDS (each run's wall time)")
+    if not options['--jobs'].isdigit() or int(options['--jobs']) < 1:
+        die(f"--jobs {options['--jobs']}: expected a positive integer")
+    if options['--emit'] not in ('', 'slurm'):
+        die(f"--emit {options['--emit']} is invalid; allowed: slurm")
+    if options['--format'] not in ('md', 'json'):
+        die(f"--format {options['--format']} is invalid; allowed: md, json")
+    # one seed given as a count keeps the single-run layout and the config's own seed
+    one_run = options['--seeds'] == '1'
+    return dict(configs=configs, common=common, variants=variants, seeds=[None] if one_run else seeds,
+                budget=options['--budget'], jobs=int(options['--jobs']), emit=options['--emit'],
+                form=options['--format'], out_root=os.path.abspath(options['--out_root']), **flags)
 
 
-def commands(configs, common, variants, out_root):
-    """(out_dir, argv) for the baseline and every variant; a variant's settings come last, so they win."""
-    runs = [('baseline', {})] + [(v['name'], {k: val for k, val in v.items() if k != 'name'}) for v in variants]
-    result = []
-    for name, changes in runs:
-        out_dir = os.path.join(out_root, name.replace('/', '_'))
-        argv = [sys.executable, os.path.join(ROOT, 'train.py'), *configs, *common,
-                *[f'--{k}={v}' for k, v in changes.items()], f'--out_dir={out_dir}']
-        result.append((out_dir, argv))
-    return result
+def train_argv(configs, common, changes, out_dir, seed=None):
+    """train.py's command line; the variant's settings come after the common ones, so they win."""
+    return [sys.executable, os.path.join(ROOT, 'train.py'), *configs, *common,
+            *[f'--{k}={v}' for k, v in changes.items()], *([f'--seed={seed}'] if seed is not None else []),
+            f'--out_dir={out_dir}']
+
+
+def probe(configs, common, changes, cache_path):
+    """One training step of a variant in a scratch folder: (flops per iteration, the run's config), kept in
+    cache_path so a rerun of the sweep does not probe again."""
+    key = shlex.join(train_argv(configs, common, changes, ''))
+    try:
+        with open(cache_path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return tuple(cache[key])
+    with tempfile.TemporaryDirectory() as scratch:
+        cmd = train_argv(configs, common, changes, scratch) + ['--max_time=1e-9', '--eval_iters=0', '--eval_tasks=',
+                                                                '--save_checkpoints=False', '--progress=False']
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if done.returncode != 0:
+            return None, (done.stderr.strip().splitlines() or [f'exit status {done.returncode}'])[-1].removeprefix('error: ')
+        [log] = runlog.load_all(scratch)
+    info = log['startup_info']
+    cache[key] = found = (info['performance']['flops_per_token'] * info['training']['tokens_per_iter'],
+                          {k: log['config'][k] for k in ('max_iters', 'lr_decay_iters')})
+    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+    with open(cache_path + '.tmp', 'w') as f:
+        json.dump(cache, f)
+    os.replace(cache_path + '.tmp', cache_path)
+    return found
+
+
+def plan(args):
+    """(variant names, runs): runs are dicts with variant, seed, out_dir and argv, in the order to run them."""
+    variants = [('baseline', {})] + [(v['name'], {k: val for k, val in v.items() if k != 'name'})
+                                     for v in args['variants']]
+    if args['budget'] == 'flops':  # same FLOPs: iterations in inverse proportion to the FLOPs of one iteration
+        cache = os.path.join(args['out_root'], 'probes.json')
+        probes = {name: probe(args['configs'], args['common'], changes, cache) for name, changes in variants}
+        failed = {name: p[1] for name, p in probes.items() if p[0] is None}
+        if 'baseline' in failed:
+            die(f"the baseline does not start: {failed['baseline']}")
+        base_flops, base_config = probes['baseline']
+        for name, changes in variants:
+            if name in failed:
+                continue  # it fails the same way when it runs, and is reported then
+            iters = max(1, round(base_config['max_iters'] * base_flops / probes[name][0]))
+            changes['max_iters'] = iters
+            if base_config['lr_decay_iters'] == base_config['max_iters']:  # the schedule ends with the run
+                changes['lr_decay_iters'] = iters
+    runs = []
+    for seed in args['seeds']:  # seed by seed: a partial sweep already has paired runs to compare
+        for name, changes in variants:
+            out_dir = os.path.join(args['out_root'], name.replace('/', '_'), *([f'seed{seed}'] if seed is not None else []))
+            runs.append({'variant': name, 'seed': seed, 'out_dir': out_dir,
+                         'argv': train_argv(args['configs'], args['common'], changes, out_dir, seed) + ['--init_from=auto']})
+    return [name for name, _ in variants], runs
+
+
+def finished(out_dir):
+    try:
+        logs = runlog.load_all(out_dir)
+    except (OSError, ValueError):
+        return False
+    return bool(logs) and logs[-1]['summary'].get('stop_reason') in FINISHED
+
+
+def load(out_dir):
+    """What the report needs of one finished run, from its logs (several if it was resumed)."""
+    logs = runlog.load_all(out_dir)
+    info = logs[0]['startup_info']
+    lines = [e for log in logs for e in log['training_iterations']]
+    evals = [e for log in logs for e in log['eval_steps'] if 'val_loss' in e]
+    tokens_per_iter, flops_per_token = info['training']['tokens_per_iter'], info['performance']['flops_per_token']
+    iterations = logs[-1]['summary'].get('iterations') or (lines[-1]['iter'] if lines else 0)
+    timed = [e['tokens_per_sec'] for e in lines if not e.get('warmup')]
+    scored = next((e['downstream'] for e in reversed(evals) if e.get('downstream')), {})
+    return {'out_dir': out_dir, 'log_lines': lines, 'evals': evals, 'iterations': iterations,
+            'tokens': iterations * tokens_per_iter, 'train_flops': iterations * tokens_per_iter * flops_per_token,
+            'tokens_per_iter': tokens_per_iter, 'flops_per_token': flops_per_token,
+            'tokens_per_sec': statistics.median(timed) if timed else None,
+            'wall_time_s': sum(log['summary'].get('total_time_s') or 0 for log in logs),
+            'downstream': {t: r.get('acc_norm', r['acc']) for t, r in scored.items()}}
+
+
+def resources(jobs):
+    """One environment per job slot: its own GPU where there are several, else a share of the CPU cores."""
+    try:
+        import torch
+        gpus = torch.cuda.device_count()
+    except ImportError:
+        gpus = 0
+    if gpus > 1:
+        return [{'CUDA_VISIBLE_DEVICES': str(slot % gpus)} for slot in range(jobs)]
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    return [{'OMP_NUM_THREADS': threads, 'MKL_NUM_THREADS': threads} for _ in range(jobs)]
+
+
+def execute(runs, jobs):
+    """Run the runs, `jobs` at a time; returns {out_dir: error message} for those that failed."""
+    pending, active, errors, slots = list(runs), {}, {}, resources(jobs)
+    free = list(range(jobs))
+    total, done = len(runs), 0
+    while pending or active:
+        while pending and free:
+            run = pending.pop(0)
+            slot = free.pop(0)
+            os.makedirs(run['out_dir'], exist_ok=True)
+            if not finished(run['out_dir']) and not any(n.startswith('ckpt_') for n in os.listdir(run['out_dir'])):
+                for name in os.listdir(run['out_dir']):  # a start that left no checkpoint: begin clean
+                    if name.startswith('run_') or name == 'metrics.csv':
+                        os.remove(os.path.join(run['out_dir'], name))
+            log = open(os.path.join(run['out_dir'], 'train.log'), 'a')
+            process = subprocess.Popen(run['argv'] + ['--progress=False'], stdout=log, stderr=subprocess.STDOUT,
+                                       cwd=ROOT, env={**os.environ, **slots[slot], 'PYTHONUNBUFFERED': '1'})
+            active[process] = (run, slot, log, time.time())
+        time.sleep(0.2)
+        for process in [p for p in active if p.poll() is not None]:
+            run, slot, log, started = active.pop(process)
+            log.close()
+            free.append(slot)
+            done += 1
+            label = f"{run['variant']}" + (f" seed {run['seed']}" if run['seed'] is not None else '')
+            if process.returncode == 0:
+                print(f"[{done}/{total}] {label}: done in {time.time() - started:.0f} s", flush=True)
+                continue
+            with open(os.path.join(run['out_dir'], 'train.log')) as f:
+                lines = [line.strip() for line in f if line.strip()]
+            why = next((line.removeprefix('error: ') for line in reversed(lines) if line.startswith('error: ')),
+                       lines[-1] if lines else '')
+            errors[run['out_dir']] = f"exit status {process.returncode}: {why}"
+            print(f"[{done}/{total}] {label}: FAILED ({errors[run['out_dir']]}); log: {run['out_dir']}/train.log",
+                  flush=True)
+    return errors
+
+
+def emit_slurm(args, runs, out_root):
+    """A job array with one run per task, a report job after it, and submit.sh chaining them."""
+    folder = os.path.join(out_root, 'slurm')
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, 'runs.txt'), 'w') as f:
+        f.writelines(shlex.join(run['argv']) + '\n' for run in runs)
+    report = shlex.join([sys.executable, os.path.abspath(__file__), *args['argv'], '--report'])
+    array = f"""#!/bin/bash
+#SBATCH --job-name=ablate
+#SBATCH --array=0-{len(runs) - 1}
+#SBATCH --output={os.path.abspath(folder)}/run_%a.out
+# one run of train.py per task: line SLURM_ARRAY_TASK_ID + 1 of runs.txt (add --partition, --gpus, --time here)
+cd {shlex.quote(ROOT)}
+eval "$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(os.path.abspath(os.path.join(folder, 'runs.txt')))})"
+"""
+    after = f"""#!/bin/bash
+#SBATCH --job-name=ablate-report
+#SBATCH --output={os.path.abspath(folder)}/report.out
+# after the array: the report from the runs that finished (failed ones are listed in it)
+cd {shlex.quote(ROOT)}
+{report}
+"""
+    submit = f"""#!/bin/bash
+# submit the runs, then the report once every task has ended (afterany: failed tasks do not hold it back)
+set -e
+cd {shlex.quote(os.path.abspath(folder))}
+array=$(sbatch --parsable array.sbatch)
+sbatch --dependency=afterany:${{array%%;*}} report.sbatch
+"""
+    for name, text in (('array.sbatch', array), ('report.sbatch', after), ('submit.sh', submit)):
+        with open(os.path.join(folder, name), 'w') as f:
+            f.write(text)
+    os.chmod(os.path.join(folder, 'submit.sh'), 0o755)
+    return folder
 
 
 def main(argv):
-    configs, common, variants, out_root, dry_run = parse(argv)
-    plan = commands(configs, common, variants, out_root)
-    if dry_run:
-        for _, cmd in plan:
-            print(shlex.join(cmd))
+    args = parse(argv)
+    args['argv'] = argv
+    variants, runs = plan(args)
+    if args['dry_run']:
+        for run in runs:
+            print(shlex.join(run['argv']))
         return 0
-    for out_dir, cmd in plan:
-        print(f"== {out_dir}", flush=True)
-        result = subprocess.run(cmd)
-        if result.returncode != 0:
-            die(f"{out_dir} failed (exit status {result.returncode}); command: {shlex.join(cmd)}")
-    return compare.main([d for d, _ in plan] + ['--out', out_root])
+    if args['emit'] == 'slurm':
+        folder = emit_slurm({**args, 'argv': [a for a in argv if a not in ('--emit', 'slurm', '--emit=slurm')]},
+                            runs, args['out_root'])
+        print(f"wrote {folder}/array.sbatch ({len(runs)} tasks), report.sbatch and submit.sh; run: bash {folder}/submit.sh")
+        return 0
+    errors = {}
+    if not args['report']:
+        todo = [run for run in runs if not finished(run['out_dir'])]
+        if len(todo) < len(runs):
+            print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished: skipped")
+        errors = execute(todo, args['jobs'])
+    results = {}
+    for run in runs:
+        key = (run['variant'], run['seed'])
+        if run['out_dir'] in errors:
+            results[key] = {'error': errors[run['out_dir']]}
+        elif finished(run['out_dir']):
+            results[key] = load(run['out_dir'])
+        else:
+            results[key] = {'error': 'not finished'}
+    title = 'Ablation of ' + (', '.join(os.path.basename(c) for c in args['configs']) or 'the defaults')
+    path, text = ablate_report.write(args['out_root'], title, args['budget'], args['seeds'], variants, results,
+                                     args['form'])
+    print(text)
+    print(f"wrote {path}")
+    return 1 if any('error' in r for r in results.values()) else 0
 
 
 if __name__ == '__main__':

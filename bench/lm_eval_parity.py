@@ -63,7 +63,10 @@ def run_lm_eval(hf_dir, tasks, limit, evals_dir, batch_size=16):
         write_tasks(folder, tasks, evals_dir)
         out = lm_eval.simple_evaluate(model='hf', model_args=f'pretrained={hf_dir},dtype=float32',
                                       tasks=[f'modgpt_{t}' for t in tasks], limit=limit, batch_size=batch_size,
-                                      device='cpu', log_samples=True, task_manager=TaskManager(include_path=folder))
+                                      device='cpu', log_samples=True, task_manager=TaskManager(include_path=folder),
+                                      # no bootstrapped stderrs: not compared, slow, and its fork pool can
+                                      # deadlock in a process that already runs threads
+                                      bootstrap_iters=0)
     found = {}
     for task in tasks:
         samples = sorted(out['samples'][f'modgpt_{task}'], key=lambda s: s['doc_id'])

@@ -9,7 +9,6 @@ from helpers import ROOT, TINY_MODEL, make_char_dataset, run, run_logs, train
 from model import GPT, GPTConfig
 
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
-import ablate  # noqa: E402
 import compare  # noqa: E402
 
 
@@ -123,37 +122,3 @@ def test_compare_without_matplotlib(two_runs, tmp_path, monkeypatch, capsys):
 def test_compare_bad_input(tmp_path):
     r = run('bench/compare.py', str(tmp_path / 'nope'))
     assert r.returncode == 2 and 'is not a folder' in r.stderr
-
-
-def test_ablate_dry_run(tmp_path, capsys):
-    base = os.path.join(ROOT, 'config', 'train_shakespeare_char_cpu.py')
-    assert ablate.main([base, '--vary', 'position_encoding=rope', 'normalization=rmsnorm', '--max_iters=50',
-                        f'--out_root={tmp_path}', '--dry_run']) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3
-    train_py = os.path.join(ROOT, 'train.py')
-    assert lines[0].endswith(f'{train_py} {base} --max_iters=50 --out_dir={tmp_path}/baseline')
-    assert lines[1].endswith(f'{base} --max_iters=50 --position_encoding=rope --out_dir={tmp_path}/position_encoding=rope')
-    assert lines[2].endswith(f'--normalization=rmsnorm --out_dir={tmp_path}/normalization=rmsnorm')
-    assert not os.listdir(tmp_path)  # nothing ran
-    sweep = tmp_path / 'sweep.py'
-    sweep.write_text("VARIANTS = [{'name': 'swiglu-rms', 'ffn_type': 'swiglu', 'normalization': 'rmsnorm'}]\n")
-    ablate.main([base, '--sweep', str(sweep), f'--out_root={tmp_path}', '--dry_run'])
-    assert '--ffn_type=swiglu --normalization=rmsnorm --out_dir=' in capsys.readouterr().out
-
-
-def test_ablate_runs_two_variants_end_to_end(data, tmp_path):
-    pytest.importorskip('matplotlib')
-    out = tmp_path / 'abl'
-    r = run('bench/ablate.py', f'--data_dir={data}', *TINY_MODEL, '--max_iters=4', '--eval_interval=2',
-            '--vary', 'position_encoding=learned_absolute', 'ffn_type=standard', f'--out_root={out}', in_process=False)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert sorted(os.listdir(out)) == sorted(['baseline', 'position_encoding=learned_absolute', 'ffn_type=standard',
-                                              'comparison.md', 'loss_vs_iteration.png', 'loss_vs_tokens.png',
-                                              'loss_vs_time.png', 'throughput.png'])
-    names = [run_logs(out / d)[0]['startup_info']['architecture'] for d in ('baseline', 'ffn_type=standard')]
-    assert 'SwiGLU' in names[0] and '-SiLU-' in names[1]  # one switch: llama's activation stays
-    seeds = {run_logs(out / d)[0]['config']['seed'] for d in ('baseline', 'ffn_type=standard')}
-    assert len(seeds) == 1
-    bad = run('bench/ablate.py', '--max_iters=4')
-    assert bad.returncode == 2 and 'nothing to ablate' in bad.stderr
