@@ -208,10 +208,14 @@ def plot(variants, runs, rows, out_dir):
     plt.close(fig)
 
     tasks = sorted({t for r in rows for t in r['downstream']})
-    panels = [('final_val_loss', 'final val loss')] + [(t, f'{t} accuracy') for t in tasks]
+    # absolute losses carry the seeds' spread; the paired differences are what the verdicts rest on
+    panels = [('final_val_loss', 'final val loss'), ('difference', 'val loss - baseline, paired')] + \
+        [(t, f'{t} accuracy') for t in tasks]
     fig, axes = plt.subplots(1, len(panels), figsize=(max(6, 0.7 * len(rows) + 3) * len(panels), 4.5), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
-        stats = [r['final_val_loss'] if key == 'final_val_loss' else r['downstream'].get(key, {'mean': None}) for r in rows]
+        stats = [r['final_val_loss'] if key == 'final_val_loss' else
+                 r.get('difference', {'mean': 0.0}) if key == 'difference' else
+                 r['downstream'].get(key, {'mean': None}) for r in rows]
         xs = range(len(rows))
         ax.bar(xs, [s['mean'] or 0 for s in stats], color=[colours(i % colours.N) for i in xs],
                yerr=[s.get('half_width') or 0 for s in stats], capsize=4)
@@ -219,6 +223,8 @@ def plot(variants, runs, rows, out_dir):
         if known and key == 'final_val_loss':  # losses differ in the third digit: do not start the axis at zero
             spread = max(known) - min(known) + max((s.get('half_width') or 0) for s in stats)
             ax.set_ylim(min(known) - 2 * spread - 1e-3, max(known) + 2 * spread + 1e-3)
+        if key == 'difference':
+            ax.axhline(0.0, color='black', linewidth=0.8)
         ax.set_xticks(list(xs), [r['variant'] for r in rows], rotation=30, ha='right', fontsize=8)
         ax.set_ylabel(label + (' (95% interval)' if any(s.get('half_width') for s in stats) else ''))
         ax.grid(axis='y', alpha=0.3)

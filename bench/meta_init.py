@@ -37,9 +37,10 @@ if not direct:
     model.to_empty(device='cpu')
     model.init_weights()
 dist.barrier()
-print(json.dumps({'rank': dist.get_rank(), 'seconds': time.time() - start,
-                  'grown_mib': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
-                  'model_mib': 4 * sum(p.numel() for p in model.parameters()) / 2 ** 20}))
+with open(f'{sys.argv[4]}/rank{dist.get_rank()}.json', 'w') as f:  # a file each: printed lines would interleave
+    json.dump({'rank': dist.get_rank(), 'seconds': time.time() - start,
+               'grown_mib': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
+               'model_mib': 4 * sum(p.numel() for p in model.parameters()) / 2 ** 20}, f)
 dist.destroy_process_group()
 '''
 
@@ -58,20 +59,22 @@ def main(argv):
     settings = runpy.run_path(args.config)
     arch = {k: settings[k] for k in GPTConfig.__dataclass_fields__ if k in settings}
     arch['name'] = settings.get('arch_preset', 'gpt2')
-    with tempfile.NamedTemporaryFile('w', suffix='.py', delete=False) as f:
-        f.write(WORKER)
-    try:
+    with tempfile.TemporaryDirectory() as work:
+        worker = os.path.join(work, 'worker.py')
+        with open(worker, 'w') as f:
+            f.write(WORKER)
         done = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone',
-                               f'--nproc_per_node={args.ranks}', f.name, ROOT, json.dumps(arch),
-                               'direct' if args.direct else 'meta'],
+                               f'--nproc_per_node={args.ranks}', worker, ROOT, json.dumps(arch),
+                               'direct' if args.direct else 'meta', work],
                               capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
-    finally:
-        os.remove(f.name)
-    if done.returncode != 0:
-        print(done.stderr[-2000:], file=sys.stderr)
-        return 1
-    for line in sorted(line for line in done.stdout.splitlines() if line.startswith('{')):
-        r = json.loads(line)
+        if done.returncode != 0:
+            print(done.stderr[-2000:], file=sys.stderr)
+            return 1
+        reports = []
+        for rank in range(args.ranks):
+            with open(os.path.join(work, f'rank{rank}.json')) as f:
+                reports.append(json.load(f))
+    for r in reports:
         print(f"rank {r['rank']}: {'direct' if args.direct else 'meta'} build + shard + init {r['seconds']:.1f} s, "
               f"peak memory +{r['grown_mib']:,.0f} MiB (whole model in fp32: {r['model_mib']:,.0f} MiB)")
     return 0

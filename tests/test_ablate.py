@@ -168,3 +168,15 @@ def test_slurm_scripts_are_well_formed(tmp_path):
 def test_bad_arguments(args, message):
     result = run('bench/ablate.py', *args)
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_time_budget_stops_every_run_at_max_time(sweep, tmp_path):
+    _, data, _, _ = sweep
+    result = run('bench/ablate.py', f'--data_dir={data}', *TINY_MODEL, '--max_iters=100000', '--eval_interval=100000',
+                 '--max_time=1', '--vary', 'ffn_type=standard', '--budget', 'time', '--jobs', '2',
+                 f'--out_root={tmp_path}', in_process=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for variant in ('baseline', 'ffn_type=standard'):
+        [log] = run_logs(tmp_path / variant)  # one seed: the single-run layout
+        assert log['summary']['stop_reason'] == 'max_time' and 0 < log['summary']['iterations'] < 100000
+    assert 'equal wall time' in (tmp_path / 'comparison.md').read_text()
