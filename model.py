@@ -493,7 +493,7 @@ class GPT(nn.Module):
                         b.zero_()
                 module.expert_fraction.zero_()
         if c.position_encoding == 'rope':
-            cos, sin = rope_tables(c, c.block_size, device=self.rope_cos.device)
+            cos, sin = rope_tables(c, c.block_size)  # on the CPU too: the same tables on every device
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
 

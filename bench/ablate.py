@@ -8,8 +8,9 @@ seeds, under one budget, and report which difference is real.
 
 --vary KEY=VALUE ...   one variant per item, each changing that one setting of the baseline
 --sweep FILE           a Python file defining VARIANTS = [{'name': ..., 'key': value, ...}, ...]
---seeds N | A,B,C      each variant once per seed (1..N, or the list); the seed sets initial weights, data order and
-                       dropout. 1 (default): one run per variant with the config's seed, no intervals
+--seeds N | A,B,C      each variant once per seed (1..N, or the list; '7,' is seed 7 alone); the seed sets the
+                       initial weights, data order and dropout. 1 (default): one run per variant with the config's
+                       seed, no intervals
 --budget B             tokens (default: the same iterations for all) | flops (the same training FLOPs: iterations
                        scaled by each variant's FLOPs per iteration, measured by a one-step probe of train.py) |
                        time (the same wall time: give --max_time=SECONDS; the schedule still follows max_iters)
@@ -97,7 +98,7 @@ def parse(argv):
         die(f"variant names must be unique and not 'baseline': {names}")
     seeds = options['--seeds']
     try:
-        seeds = [int(s) for s in seeds.split(',')] if ',' in seeds else list(range(1, int(seeds) + 1))
+        seeds = [int(s) for s in seeds.split(',') if s] if ',' in seeds else list(range(1, int(seeds) + 1))
     except ValueError:
         die(f"--seeds {options['--seeds']}: expected a count (3) or a list (1,2,3)")
     if not seeds or len(set(seeds)) != len(seeds):
