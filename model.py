@@ -368,12 +368,13 @@ class MoE(nn.Module):
         order = flat_expert.argsort(stable=True)  # sorted slot -> routed slot
         token = order // c.n_expert_per_token  # the token each sorted slot comes from
         sorted_expert = flat_expert[order]
-        # each expert's rows start at a multiple of A; a static row count (slots + E*A) bounds every routing
+        # each expert's rows start at a multiple of A; a static row count (slots rounded up, + E*A) bounds every
+        # routing and keeps the last group, which takes the tail, a multiple of A too
         padded = (counts + A - 1) // A * A
         ends = padded.cumsum(0)
         first_slot = counts.cumsum(0) - counts  # where each expert's slots begin in sorted order
         row = (ends - padded)[sorted_expert] + torch.arange(slots, device=x.device) - first_slot[sorted_expert]
-        rows = slots + E * A
+        rows = (slots + A - 1) // A * A + E * A
         ends = torch.cat([ends[:-1], ends.new_full((1,), rows)]).to(torch.int32)  # the last group takes the tail
         device_type = x.device.type  # under autocast the grouped matmuls run in its dtype, like F.linear
         autocasting = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
