@@ -180,3 +180,13 @@ def test_time_budget_stops_every_run_at_max_time(sweep, tmp_path):
         [log] = run_logs(tmp_path / variant)  # one seed: the single-run layout
         assert log['summary']['stop_reason'] == 'max_time' and 0 < log['summary']['iterations'] < 100000
     assert 'equal wall time' in (tmp_path / 'comparison.md').read_text()
+
+
+def test_jobs_get_a_gpu_each_or_a_share_of_the_cores(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4)
+    assert [s['CUDA_VISIBLE_DEVICES'] for s in ablate.resources(6)] == ['0', '1', '2', '3', '0', '1']
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 0)
+    monkeypatch.setattr(os, 'cpu_count', lambda: 16)
+    assert ablate.resources(4) == [{'OMP_NUM_THREADS': '4', 'MKL_NUM_THREADS': '4'}] * 4
+    assert ablate.resources(32)[0]['OMP_NUM_THREADS'] == '1'
