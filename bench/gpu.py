@@ -168,44 +168,48 @@ def step_shakespeare(ctx):
             'total_s': logs[-1]['summary'].get('total_time_s')}
 
 
+def step_lines(name, s):
+    """The table rows of one step."""
+    if s['status'] != 'ok':
+        return [f"| {name} | {s['status']}: {s.get('reason', '')} | |"]
+    if name == 'flash':
+        return [f"| flash | flash_attention='require' accepted; SDPA kernel {s['attention_kernel']} | flash |"]
+    if name == 'throughput':
+        lines = []
+        for r in s['rows']:
+            label = f"{os.path.basename(r['target'])[:-3]}, {'compiled' if r['compile'] else 'eager'}"
+            if 'error' in r:
+                lines.append(f"| {label} | error: {r['error']} | |")
+                continue
+            mfu = f"{r['mfu']:.1%}" if r['mfu'] is not None else '-'
+            target = f">= {TARGETS['gpt2_mfu']:.0%} MFU" if 'gpt2' in r['target'] and r['compile'] else ''
+            lines.append(f"| {label} | {r['tokens_per_sec']:,.0f} tokens/s, MFU {mfu}, {r['ms_per_iter']:.1f} ms/iter,"
+                         f" peak {r['peak_memory_mb']:,.0f} MiB, batch {r['tokens_per_iter']:,} tokens | {target} |")
+        return lines
+    if name == 'fsdp':
+        return [f"| fsdp | losses of {s['iterations']} iterations within {s['max_loss_difference']:.1e} of one "
+                f"plain process | equal |"]
+    if name == 'fsdp_1.36b':
+        return [f"| fsdp_1.36b | {s['parameters'] / 1e9:.2f}B parameters ({s['fp32_model_mib']:,.0f} MiB in fp32): "
+                f"peak host {s['peak_host_mib']:,.0f} MiB, peak device {s['peak_device_mib']:,.0f} MiB, first step "
+                f"{s['first_step_s']:.1f} s | host < model |"]
+    got = (f"val loss {s['target_val_loss']} at {s['seconds_to_target']:.1f} s (iteration {s['iterations_to_target']})"
+           if s['reached'] else f"not reached; best val loss {s['best_val_loss']}")
+    return [f"| shakespeare | {got} | <= {TARGETS['shakespeare_val_loss']} in < {TARGETS['shakespeare_s']:.0f} s |"]
+
+
 def report(record):
     """The markdown table: one line per figure, with its target where the project states one."""
     lines = [f"# GPU figures: {record['device']}", '',
              f"torch {record['torch']}, commit {record['git_commit']}, {record['time']}"
              + (' (tiny version: shapes and paths only, the figures mean nothing)' if record['tiny'] else ''), '',
              '| step | result | target |', '|---|---|---|']
-    steps = record['steps']
     for name in STEPS:
-        s = steps.get(name)
-        if s is None:
-            continue
-        if s['status'] != 'ok':
-            lines.append(f"| {name} | {s['status']}: {s.get('reason', '')} | |")
-        elif name == 'flash':
-            lines.append(f"| flash | flash_attention='require' accepted; SDPA kernel {s['attention_kernel']} | flash |")
-        elif name == 'throughput':
-            for r in s['rows']:
-                label = f"{os.path.basename(r['target'])[:-3]}, {'compiled' if r['compile'] else 'eager'}"
-                if 'error' in r:
-                    lines.append(f"| {label} | error: {r['error']} | |")
-                    continue
-                mfu = f"{r['mfu']:.1%}" if r['mfu'] is not None else '-'
-                target = f">= {TARGETS['gpt2_mfu']:.0%} MFU" if 'gpt2' in r['target'] and r['compile'] else ''
-                lines.append(f"| {label} | {r['tokens_per_sec']:,.0f} tokens/s, MFU {mfu}, {r['ms_per_iter']:.1f} ms/iter,"
-                             f" peak {r['peak_memory_mb']:,.0f} MiB, batch {r['tokens_per_iter']:,} tokens | {target} |")
-        elif name == 'fsdp':
-            lines.append(f"| fsdp | losses of {s['iterations']} iterations within {s['max_loss_difference']:.1e} of one "
-                         f"plain process | equal |")
-        elif name == 'fsdp_1.36b':
-            lines.append(f"| fsdp_1.36b | {s['parameters'] / 1e9:.2f}B parameters ({s['fp32_model_mib']:,.0f} MiB in fp32):"
-                         f" peak host {s['peak_host_mib']:,.0f} MiB, peak device {s['peak_device_mib']:,.0f} MiB, "
-                         f"first step {s['first_step_s']:.1f} s | host < model |")
-        elif name == 'shakespeare':
-            got = (f"val loss {s['target_val_loss']} at {s['seconds_to_target']:.1f} s (iteration "
-                   f"{s['iterations_to_target']})" if s['reached'] else
-                   f"not reached; best val loss {s['best_val_loss']}")
-            lines.append(f"| shakespeare | {got} | <= {TARGETS['shakespeare_val_loss']} in < "
-                         f"{TARGETS['shakespeare_s']:.0f} s |")
+        if name in record['steps']:
+            try:
+                lines += step_lines(name, record['steps'][name])
+            except (KeyError, TypeError, ValueError) as e:  # a figure missing: the .json still has the rest
+                lines.append(f"| {name} | see the .json ({type(e).__name__}: {e}) | |")
     return '\n'.join(lines) + '\n'
 
 
