@@ -235,6 +235,8 @@ def execute(runs, jobs):
                 for name in os.listdir(run['out_dir']):  # a start that left no checkpoint: begin clean
                     if name.startswith('run_') or name == 'metrics.csv':
                         os.remove(os.path.join(run['out_dir'], name))
+            with open(os.path.join(run['out_dir'], 'command.txt'), 'w') as f:
+                f.write(shlex.join(run['argv']) + '\n')
             log = open(os.path.join(run['out_dir'], 'train.log'), 'a')
             process = subprocess.Popen(run['argv'] + ['--progress=False'], stdout=log, stderr=subprocess.STDOUT,
                                        cwd=ROOT, env={**os.environ, **slots[slot], 'PYTHONUNBUFFERED': '1'})
@@ -308,6 +310,11 @@ def main(argv):
                             runs, args['out_root'])
         print(f"wrote {folder}/array.sbatch ({len(runs)} tasks), report.sbatch and submit.sh; run: bash {folder}/submit.sh")
         return 0
+    for run in runs:  # a folder keeps the command that made it: another sweep's runs are never reused
+        recorded = os.path.join(run['out_dir'], 'command.txt')
+        if os.path.isfile(recorded) and open(recorded).read().strip() != shlex.join(run['argv']):
+            die(f"{run['out_dir']} holds a run of another command (see its command.txt): use another --out_root "
+                f"or remove that folder")
     errors = {}
     if not args['report']:
         todo = [run for run in runs if not finished(run['out_dir'])]

@@ -110,6 +110,8 @@ def test_rerun_skips_finished_runs_and_json_report(sweep):
     again = run('bench/ablate.py', *args, '--format', 'json', in_process=False)
     assert '4 of 6 runs already finished: skipped' in again.stdout
     assert {p: os.path.getmtime(p) for p in out.glob('*/seed*/run_*.json')} == stamps
+    changed = run('bench/ablate.py', *[a.replace('--max_iters=6', '--max_iters=7') for a in args], in_process=False)
+    assert changed.returncode == 2 and 'holds a run of another command' in changed.stderr  # never reuse stale runs
     record = json.loads((out / 'comparison.json').read_text())
     assert record['budget'] == 'flops' and record['seeds'] == [1, 2] and record['answer']
     assert [v['variant'] for v in record['variants']] == ['baseline', 'ffn_type=standard', 'n_kv_head=3']
