@@ -124,16 +124,17 @@ def plot(rows, out_dir):
                                ('tokens_seen', 'tokens seen', 'loss_vs_tokens.png'),
                                ('time_s', 'wall time (s)', 'loss_vs_time.png')):
         fig, ax = plt.subplots(figsize=(8, 5))
-        for r in rows:
+        for i, r in enumerate(rows):
+            colour = plt.get_cmap('tab10' if len(rows) <= 10 else 'tab20')(i % 20)  # one colour per run
             if x_key != 'time_s':  # training loss lines carry iterations and tokens, not wall time
                 xs = [e[x_key] for e in r['iterations'] if e.get(x_key) is not None]
-                ax.plot(xs, [e['loss'] for e in r['iterations'] if e.get(x_key) is not None], alpha=0.5,
-                        label=f"{r['run']} train")
+                ax.plot(xs, [e['loss'] for e in r['iterations'] if e.get(x_key) is not None], color=colour,
+                        linewidth=0.8, alpha=0.6)
             tokens_per_iter = (r['iterations'][0]['tokens_seen'] / r['iterations'][0]['iter']) if r['iterations'] else 0
             xs = [e['iter'] * tokens_per_iter if x_key == 'tokens_seen' else e.get(x_key, e['iter']) for e in r['evals']]
-            ax.plot(xs, [e['val_loss'] for e in r['evals']], marker='o', label=f"{r['run']} val")
+            ax.plot(xs, [e['val_loss'] for e in r['evals']], color=colour, linewidth=2, marker='o', label=r['run'])
         ax.set_xlabel(label)
-        ax.set_ylabel('loss')
+        ax.set_ylabel('loss (val bold, train thin)')
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
