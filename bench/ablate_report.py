@@ -133,7 +133,9 @@ def markdown(title, budget, seeds, rows, plots):
     seed_text = ', '.join("the config's" if s is None else str(s) for s in seeds)
     lines = [f"# {title}", '', f"**Answer:** {answer(rows, seeds)}", '',
              f"Budget: {BUDGETS[budget]}. Seeds: {seed_text}. Metric: validation loss at the end of "
-             f"each run; intervals: {TEST_NAME}" + ('' if len(seeds) > 1 else ' (need 2 or more seeds)') + '.', '']
+             f"each run; intervals: {TEST_NAME}" + (' (need 2 or more seeds)' if len(seeds) < 2 else
+                                                      '; each variant is tested on its own at 5%, so among many '
+                                                      'variants about 1 in 20 verdicts may be a false alarm') + '.', '']
     tasks = sorted({t for r in rows for t in r['downstream']})
     head = ['variant', 'runs', 'val loss (mean ± 95%)', 'std', 'Δ vs baseline', 'verdict', 'iterations', 'tokens',
             'train FLOPs', 'tokens/s', 'wall s'] + tasks
