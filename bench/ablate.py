@@ -28,16 +28,17 @@ import os
 import runpy
 import shlex
 import subprocess
-import statistics
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ablate_report  # noqa: E402
+import compare  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import downstream  # noqa: E402
 import runlog  # noqa: E402
 
 FINISHED = ('max_iters', 'max_time', 'target_val_loss')  # stop reasons of a run that did its whole budget
@@ -141,7 +142,7 @@ def probe(configs, common, changes, cache_path):
     with tempfile.TemporaryDirectory() as scratch:
         cmd = train_argv(configs, common, changes, scratch) + ['--max_time=1e-9', '--eval_iters=0', '--eval_tasks=',
                                                                 '--save_checkpoints=False', '--progress=False']
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        done = subprocess.run(cmd, capture_output=True, text=True)  # here: relative paths mean what they say
         if done.returncode != 0:
             return None, (done.stderr.strip().splitlines() or [f'exit status {done.returncode}'])[-1].removeprefix('error: ')
         [log] = runlog.load_all(scratch)
@@ -191,21 +192,17 @@ def finished(out_dir):
 
 
 def load(out_dir):
-    """What the report needs of one finished run, from its logs (several if it was resumed)."""
-    logs = runlog.load_all(out_dir)
-    info = logs[0]['startup_info']
-    lines = [e for log in logs for e in log['training_iterations']]
-    evals = [e for log in logs for e in log['eval_steps'] if 'val_loss' in e]
-    tokens_per_iter, flops_per_token = info['training']['tokens_per_iter'], info['performance']['flops_per_token']
-    iterations = logs[-1]['summary'].get('iterations') or (lines[-1]['iter'] if lines else 0)
-    timed = [e['tokens_per_sec'] for e in lines if not e.get('warmup')]
-    scored = next((e['downstream'] for e in reversed(evals) if e.get('downstream')), {})
-    return {'out_dir': out_dir, 'log_lines': lines, 'evals': evals, 'iterations': iterations,
-            'tokens': iterations * tokens_per_iter, 'train_flops': iterations * tokens_per_iter * flops_per_token,
-            'tokens_per_iter': tokens_per_iter, 'flops_per_token': flops_per_token,
-            'tokens_per_sec': statistics.median(timed) if timed else None,
-            'wall_time_s': sum(log['summary'].get('total_time_s') or 0 for log in logs),
-            'downstream': {t: r.get('acc_norm', r['acc']) for t, r in scored.items()}}
+    """What the report needs of one finished run: compare.py's record of it (every log of a resumed run merged)
+    plus its budget in iterations, tokens and training FLOPs."""
+    run = compare.load_run(out_dir)
+    info = runlog.load_all(out_dir)[-1]
+    tokens_per_iter = info['startup_info']['training']['tokens_per_iter']
+    iterations = info['summary'].get('iterations') or (run['iterations'][-1]['iter'] if run['iterations'] else 0)
+    return {'out_dir': out_dir, 'log_lines': run['iterations'], 'evals': run['evals'], 'iterations': iterations,
+            'tokens': iterations * tokens_per_iter, 'train_flops': iterations * tokens_per_iter * run['flops_per_token'],
+            'tokens_per_iter': tokens_per_iter, 'flops_per_token': run['flops_per_token'],
+            'tokens_per_sec': run['tokens_per_sec'], 'wall_time_s': run['wall_time_s'],
+            'downstream': {t: run[t] for t in downstream.TASKS if t in run}}
 
 
 def resources(jobs):
@@ -231,15 +228,15 @@ def execute(runs, jobs):
             run = pending.pop(0)
             slot = free.pop(0)
             os.makedirs(run['out_dir'], exist_ok=True)
-            if not finished(run['out_dir']) and not any(n.startswith('ckpt_') for n in os.listdir(run['out_dir'])):
-                for name in os.listdir(run['out_dir']):  # a start that left no checkpoint: begin clean
+            if not any(n.startswith('ckpt_') for n in os.listdir(run['out_dir'])):
+                for name in os.listdir(run['out_dir']):  # an unfinished start that left no checkpoint: begin clean
                     if name.startswith('run_') or name == 'metrics.csv':
                         os.remove(os.path.join(run['out_dir'], name))
             with open(os.path.join(run['out_dir'], 'command.txt'), 'w') as f:
                 f.write(shlex.join(run['argv']) + '\n')
             log = open(os.path.join(run['out_dir'], 'train.log'), 'a')
             process = subprocess.Popen(run['argv'] + ['--progress=False'], stdout=log, stderr=subprocess.STDOUT,
-                                       cwd=ROOT, env={**os.environ, **slots[slot], 'PYTHONUNBUFFERED': '1'})
+                                       env={**os.environ, **slots[slot], 'PYTHONUNBUFFERED': '1'})
             active[process] = (run, slot, log, time.time())
         time.sleep(0.2)
         for process in [p for p in active if p.poll() is not None]:
@@ -272,15 +269,16 @@ def emit_slurm(args, runs, out_root):
 #SBATCH --job-name=ablate
 #SBATCH --array=0-{len(runs) - 1}
 #SBATCH --output={os.path.abspath(folder)}/run_%a.out
-# one run of train.py per task: line SLURM_ARRAY_TASK_ID + 1 of runs.txt (add --partition, --gpus, --time here)
-cd {shlex.quote(ROOT)}
+# one run of train.py per task, from the folder ablate.py ran in: line SLURM_ARRAY_TASK_ID + 1 of runs.txt
+# (add --partition, --gpus, --time here)
+cd {shlex.quote(os.getcwd())}
 eval "$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(os.path.abspath(os.path.join(folder, 'runs.txt')))})"
 """
     after = f"""#!/bin/bash
 #SBATCH --job-name=ablate-report
 #SBATCH --output={os.path.abspath(folder)}/report.out
 # after the array: the report from the runs that finished (failed ones are listed in it)
-cd {shlex.quote(ROOT)}
+cd {shlex.quote(os.getcwd())}
 {report}
 """
     submit = f"""#!/bin/bash
@@ -306,7 +304,9 @@ def main(argv):
             print(shlex.join(run['argv']))
         return 0
     if args['emit'] == 'slurm':
-        folder = emit_slurm({**args, 'argv': [a for a in argv if a not in ('--emit', 'slurm', '--emit=slurm')]},
+        emit_at = next(i for i, a in enumerate(argv) if a.startswith('--emit'))  # the report step reruns the rest
+        rest = argv[:emit_at] + argv[emit_at + (1 if '=' in argv[emit_at] else 2):]
+        folder = emit_slurm({**args, 'argv': rest},
                             runs, args['out_root'])
         print(f"wrote {folder}/array.sbatch ({len(runs)} tasks), report.sbatch and submit.sh; run: bash {folder}/submit.sh")
         return 0
