@@ -10,6 +10,7 @@ in the training dtype) and cached with where it came from, so runs on one machin
 import json
 import os
 import platform
+import re
 import time
 
 from contextlib import nullcontext
@@ -18,30 +19,41 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 
-# (name fragments that must all appear in torch.cuda.get_device_name(), {precision: dense TFLOP/s});
-# the first match wins, so the more specific names come first (H100 PCIe before H100, A100 before A10).
+# (model words that must all appear as whole words of torch.cuda.get_device_name(), {precision: dense TFLOP/s});
+# the first match wins, so variants come before the plain model (H100 PCIe before H100). Whole words, so 'L40'
+# is not an 'L4' and 'RTX A1000' not an 'A100'; a 'Ti' or 'SUPER' card must be listed as such. 'bf16' is also
+# the fp16 figure; cards without bf16 or TF32 units (V100, T4) list fp16 tensor cores and plain fp32 there.
+# Figures: NVIDIA datasheets, sparse figures halved; GeForce cards at fp32 accumulation (Ada/Ampere whitepapers).
 GPU_PEAK_TFLOPS = [
     (('B200',), {'bf16': 2250.0, 'tf32': 1100.0}),
-    (('H200',), {'bf16': 989.4, 'tf32': 494.7}),
-    (('H100', 'PCIe'), {'bf16': 756.0, 'tf32': 378.0}),
-    (('H100', 'NVL'), {'bf16': 835.0, 'tf32': 417.5}),
+    (('GH200',), {'bf16': 989.4, 'tf32': 494.7}),
+    (('H200', 'NVL'), {'bf16': 835.5, 'tf32': 417.5}),
+    (('H200',), {'bf16': 989.4, 'tf32': 494.7}),  # SXM
+    (('H100', 'PCIE'), {'bf16': 756.0, 'tf32': 378.0}),
+    (('H100', 'NVL'), {'bf16': 835.5, 'tf32': 417.5}),
     (('H100',), {'bf16': 989.4, 'tf32': 494.7}),  # SXM
-    (('A100',), {'bf16': 312.0, 'tf32': 156.0}),
+    (('A100',), {'bf16': 312.0, 'tf32': 156.0}),  # SXM and PCIe alike
     (('L40S',), {'bf16': 362.05, 'tf32': 183.0}),
+    (('L40',), {'bf16': 181.05, 'tf32': 90.5}),
     (('L4',), {'bf16': 121.0, 'tf32': 60.0}),
-    (('A10G',), {'bf16': 125.0, 'tf32': 62.5}),
-    (('A10',), {'bf16': 125.0, 'tf32': 62.5}),
-    (('RTX 4090',), {'bf16': 165.2, 'tf32': 82.6}),
-    (('RTX 3090',), {'bf16': 71.0, 'tf32': 35.6}),
-    (('RTX 3060',), {'bf16': 25.6, 'tf32': 12.8}),
-    (('V100',), {'bf16': 125.0, 'tf32': 15.7}),  # no bf16 or TF32 units: fp16 tensor cores, plain fp32
+    (('A40',), {'bf16': 149.7, 'tf32': 74.8}),
+    (('A10',), {'bf16': 125.0, 'tf32': 62.5}),  # not the A10G, whose figures NVIDIA does not publish
+    (('RTX', 'A6000'), {'bf16': 154.8, 'tf32': 77.4}),
+    (('RTX', '4090'), {'bf16': 165.2, 'tf32': 82.6}),
+    (('RTX', '3090'), {'bf16': 71.0, 'tf32': 35.6}),
+    (('RTX', '3060'), {'bf16': 25.6, 'tf32': 12.8}),
+    (('V100', 'PCIE'), {'bf16': 112.0, 'tf32': 14.0}),
+    (('V100',), {'bf16': 125.0, 'tf32': 15.7}),  # SXM2
+    (('T4',), {'bf16': 65.0, 'tf32': 8.1}),
 ]
+VARIANT_WORDS = {'TI', 'SUPER'}
 
 
 def gpu_peak_tflops(device_name, dtype):
     """Dense peak TFLOP/s of a GPU by its name for 'float32'/'bfloat16'/'float16', or None if not in the table."""
-    for fragments, peaks in GPU_PEAK_TFLOPS:
-        if all(f.lower() in device_name.lower() for f in fragments):
+    words = set(re.split(r'[\s_-]+', device_name.upper()))
+    for model, peaks in GPU_PEAK_TFLOPS:
+        if words >= set(model) and not (words & VARIANT_WORDS) - set(model):
             return peaks['tf32'] if dtype == 'float32' else peaks['bf16']
     return None
 

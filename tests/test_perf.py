@@ -16,16 +16,27 @@ def data(tmp_path_factory):
 
 @pytest.mark.parametrize('name,dtype,expected', [
     ('NVIDIA H100 80GB HBM3', 'bfloat16', 989.4), ('NVIDIA H100 80GB HBM3', 'float32', 494.7),
-    ('NVIDIA H100 PCIe', 'bfloat16', 756.0), ('NVIDIA H100 NVL', 'float16', 835.0), ('NVIDIA H200', 'bfloat16', 989.4),
+    ('NVIDIA H100 PCIe', 'bfloat16', 756.0), ('NVIDIA H100 NVL', 'float16', 835.5), ('NVIDIA H200', 'bfloat16', 989.4),
+    ('NVIDIA H200 NVL', 'bfloat16', 835.5), ('NVIDIA H200 NVL', 'float32', 417.5), ('NVIDIA GH200 480GB', 'bfloat16', 989.4),
     ('NVIDIA B200', 'bfloat16', 2250.0), ('NVIDIA A100-SXM4-80GB', 'bfloat16', 312.0),
-    ('NVIDIA A100-PCIE-40GB', 'float32', 156.0), ('NVIDIA A10G', 'bfloat16', 125.0), ('NVIDIA L40S', 'bfloat16', 362.05),
+    ('NVIDIA A100-PCIE-40GB', 'float32', 156.0), ('NVIDIA A10', 'bfloat16', 125.0), ('NVIDIA L40S', 'bfloat16', 362.05),
+    ('NVIDIA L40', 'bfloat16', 181.05), ('NVIDIA L40', 'float32', 90.5), ('NVIDIA A40', 'bfloat16', 149.7),
     ('NVIDIA L4', 'bfloat16', 121.0), ('NVIDIA GeForce RTX 4090', 'bfloat16', 165.2),
     ('NVIDIA GeForce RTX 3090', 'bfloat16', 71.0), ('NVIDIA GeForce RTX 3060', 'float16', 25.6),
+    ('NVIDIA RTX A6000', 'bfloat16', 154.8), ('Tesla T4', 'float16', 65.0), ('Tesla T4', 'float32', 8.1),
     ('Tesla V100-SXM2-16GB', 'float16', 125.0), ('Tesla V100-SXM2-16GB', 'float32', 15.7),
+    ('Tesla V100-PCIE-32GB', 'float16', 112.0), ('Tesla V100-PCIE-32GB', 'float32', 14.0),
 ])
 def test_gpu_peak_lookup(name, dtype, expected):
     assert perf.gpu_peak_tflops(name, dtype) == expected
     assert perf.peak_tflops('cuda', name, dtype) == (expected, 'datasheet')
+
+
+@pytest.mark.parametrize('name', ['NVIDIA RTX A1000', 'NVIDIA A10G', 'NVIDIA GeForce RTX 3060 Ti', 'NVIDIA L4000',
+                                  'Imaginary GPU 9000'])
+def test_a_gpu_is_matched_by_whole_model_names_not_fragments(name):
+    # 'L40' once matched 'L4' and 'RTX A1000' matched 'A100': an MFU 1.5x or 40x off. Unknown GPUs get no MFU.
+    assert perf.gpu_peak_tflops(name, 'bfloat16') is None
 
 
 def test_unknown_gpu_and_override():
