@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 import convert
 import downstream
+import perf
 from configurator import configure
 from tokenizer import Tokenizer
 
@@ -33,7 +34,7 @@ limit = 0  # the first N items of each task; 0 = all
 evals_dir = downstream.DATA_DIR
 batch_tokens = 8192  # tokens per forward (rows x longest row)
 device = 'auto'
-dtype = 'auto'  # auto: bfloat16 on capable GPUs, float32 elsewhere
+dtype = 'auto'  # auto: bfloat16 on GPUs with bf16 tensor cores, float16 on older GPUs, float32 elsewhere
 compile = False
 configure(globals())
 
@@ -65,7 +66,7 @@ try:
 except (OSError, ImportError, ValueError) as e:
     die(f"cannot rebuild the tokenizer ({e}); pass --data_dir to the dataset folder it was trained on")
 if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    device = perf.default_device()
 if distributed:
     if device.startswith('cuda'):
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
@@ -73,7 +74,7 @@ if distributed:
     dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
 device_type = device.split(':')[0]
 if dtype == 'auto':
-    dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+    dtype = perf.auto_dtype(device_type)
 autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
 model.eval().to(device)
 if compile:

@@ -58,6 +58,19 @@ def gpu_peak_tflops(device_name, dtype):
     return None
 
 
+def default_device():
+    return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+
+
+def auto_dtype(device_type):
+    """dtype='auto': bfloat16 on GPUs with bf16 tensor cores (Ampere and newer), float16 (with a GradScaler in
+    training) on older GPUs, float32 elsewhere."""
+    if device_type != 'cuda':
+        return 'float32'
+    # plain is_bf16_supported() also counts emulation: a V100 or T4 would run bf16 in software, without tensor cores
+    return 'bfloat16' if torch.cuda.is_bf16_supported(including_emulation=False) else 'float16'
+
+
 def cpu_peak_cache_path():
     """Where measured CPU peaks are kept: $MODGPT_CACHE_DIR, else $XDG_CACHE_HOME/modgpt, else ~/.cache/modgpt."""
     folder = os.environ.get('MODGPT_CACHE_DIR') or os.path.join(

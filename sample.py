@@ -10,6 +10,7 @@ import sys
 import torch
 
 import convert
+import perf
 from configurator import configure
 from tokenizer import Tokenizer
 
@@ -39,7 +40,7 @@ try:
 except convert.ConversionError as e:
     die(str(e))
 if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    device = perf.default_device()
 model.eval().to(device=device, dtype=getattr(torch, dtype))
 if spec is None:
     die("this model carries no tokenizer: sample from a checkpoint of train.py or a folder with tokenizer files")

@@ -236,12 +236,12 @@ for k in ARCH_FIELDS:  # the config records the model actually built
 
 # ---- device, precision, process group ----
 if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    device = perf.default_device()
 device_type = device.split(':')[0]
 if device_type == 'cuda' and not torch.cuda.is_available():
     die(f"device={device!r} but CUDA is not available")
 if dtype == 'auto':
-    dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
+    dtype = perf.auto_dtype(device_type)
 if dtype not in ('float32', 'bfloat16', 'float16'):
     die(f"dtype={dtype!r} is invalid; allowed: auto, float32, bfloat16, float16")
 if distributed:

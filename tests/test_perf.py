@@ -158,3 +158,11 @@ def test_bench_runs_two_iterations(tmp_path):
     assert 'ms/iter' in r.stdout and 'llama' in r.stdout
     bad = run('bench/bench.py', 'gpt5')
     assert bad.returncode == 2 and 'neither a config file nor a preset' in bad.stderr
+
+
+@pytest.mark.parametrize('native,expected', [(True, 'bfloat16'), (False, 'float16')])
+def test_auto_dtype_takes_bf16_only_where_tensor_cores_run_it(monkeypatch, native, expected):
+    # a V100 or T4 reports bf16 'supported' by emulation: it must get float16 + GradScaler, not software bf16
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: including_emulation or native)
+    assert perf.auto_dtype('cuda') == expected
+    assert perf.auto_dtype('cpu') == 'float32' and perf.auto_dtype('mps') == 'float32'
