@@ -581,16 +581,18 @@ class GPT(nn.Module):
                              zero_redundancy=False):
         """A list of optimizers. adamw: one AdamW. muon: torch.optim.Muon for the 2-D weight matrices inside the
         blocks (attention and FFN projections) plus AdamW for the rest (embeddings, head, norms, biases, router,
-        3-D expert stacks). Weight decay only on >= 2-D weights. zero_redundancy: ZeRO-1 over AdamW."""
+        3-D expert stacks). Weight decay only on >= 2-D weights, never on biases. zero_redundancy: ZeRO-1 over AdamW."""
         if optimizer not in ('adamw', 'muon'):
             raise ValueError(f"optimizer={optimizer!r} is invalid; allowed: adamw, muon")
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        # biases of any shape (MoE experts' are 2-D: experts x width) are neither decayed nor orthogonalized
+        bias = {id(p) for n, p in named if n.endswith('bias') or n.rsplit('.', 1)[-1].startswith('b_')}
         muon = [p for n, p in named if optimizer == 'muon' and p.dim() == 2 and n.startswith('blocks.')
-                and '.router.' not in n]
+                and '.router.' not in n and id(p) not in bias]
         muon_ids = {id(p) for p in muon}
         rest = [p for _, p in named if id(p) not in muon_ids]
-        groups = [{'params': [p for p in rest if p.dim() >= 2], 'weight_decay': weight_decay},
-                  {'params': [p for p in rest if p.dim() < 2], 'weight_decay': 0.0}]
+        groups = [{'params': [p for p in rest if p.dim() >= 2 and id(p) not in bias], 'weight_decay': weight_decay},
+                  {'params': [p for p in rest if p.dim() < 2 or id(p) in bias], 'weight_decay': 0.0}]
         # the fused kernel is one launch for all parameters: faster on GPUs and on CPUs alike
         fused = device_type in ('cuda', 'cpu') and 'fused' in inspect.signature(torch.optim.AdamW).parameters
         kwargs = dict(lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))

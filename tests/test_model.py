@@ -400,24 +400,37 @@ def test_presets_and_overrides():
         GPTConfig.from_preset('gpt3')
 
 
+def _is_bias(name):
+    return name.endswith('bias') or name.rsplit('.', 1)[-1] in ('b_up', 'b_gate', 'b_down')
+
+
 def test_configure_optimizers_decays_only_matrices():
     model = GPT(_preset('moe', bias=True))
+    names = {id(p): n for n, p in model.named_parameters()}
     [opt] = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
     decay, no_decay = opt.param_groups
     assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
-    assert all(p.dim() >= 2 for p in decay['params']) and all(p.dim() < 2 for p in no_decay['params'])
+    assert all(p.dim() >= 2 and not _is_bias(names[id(p)]) for p in decay['params'])
+    # the experts' biases are 2-D (experts x width) and still biases: no decay
+    assert {'blocks.0.ffn.b_up', 'blocks.0.ffn.b_gate', 'blocks.0.ffn.b_down'} <= {names[id(p)] for p in no_decay['params']}
+    assert all(p.dim() < 2 or _is_bias(names[id(p)]) for p in no_decay['params'])
     assert len(decay['params']) + len(no_decay['params']) == len(list(model.parameters()))
 
 
-def test_muon_takes_the_block_matrices():
-    model = GPT(_preset('llama'))
+@pytest.mark.parametrize('preset,kw', [('llama', {}), ('moe', {'bias': True}), ('gpt2', {})])
+def test_muon_takes_the_block_matrices(preset, kw):
+    model = GPT(_preset(preset, **kw))
     adamw, muon = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', optimizer='muon')
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
     names = {id(p): n for n, p in model.named_parameters()}
     muon_names = {names[id(p)] for p in muon.param_groups[0]['params']}
-    assert muon_names == {n for n, p in model.named_parameters() if p.dim() == 2 and n.startswith('blocks.')}
+    assert muon_names == {n for n, p in model.named_parameters() if p.dim() == 2 and n.startswith('blocks.')
+                          and '.router.' not in n and not _is_bias(n)}
     adamw_names = {names[id(p)] for g in adamw.param_groups for p in g['params']}
-    assert {'wte.weight', 'lm_head.weight', 'norm_f.weight'} <= adamw_names and not adamw_names & muon_names
+    assert {'wte.weight', 'lm_head.weight' if preset != 'gpt2' else 'wpe.weight'} <= adamw_names
+    assert not adamw_names & muon_names and len(adamw_names | muon_names) == len(names)
+    no_decay = {names[id(p)] for p in adamw.param_groups[1]['params']}
+    assert {n for n in names.values() if _is_bias(n)} <= no_decay  # biases: AdamW, no decay
     with pytest.raises(ValueError, match="optimizer='sgd'"):
         model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', optimizer='sgd')
 
