@@ -150,8 +150,17 @@ def canonical(config):
 
 def from_hf(hf, tensors):
     """(GPTConfig, modgpt state dict) from a transformers config dict and HF-named tensors."""
+    def refuse(field, why):
+        raise ConversionError(f"cannot import {field}={hf[field]!r}: {why}")
     kind = hf.get('model_type')
     if kind == 'gpt2':
+        # reorder_and_upcast_attn only computes the same scores in float32, so it imports as is
+        if not hf.get('scale_attn_weights', True):
+            refuse('scale_attn_weights', 'modgpt divides attention scores by sqrt(head_dim); allowed: True')
+        if hf.get('scale_attn_by_inverse_layer_idx', False):
+            refuse('scale_attn_by_inverse_layer_idx', 'modgpt does not scale scores by layer; allowed: False')
+        if not hf.get('tie_word_embeddings', True):
+            refuse('tie_word_embeddings', "modgpt's GPT-2 head is the token embedding; allowed: True")
         act = {v: k for k, v in GPT2_ACTIVATIONS.items()}.get(hf.get('activation_function', 'gelu_new'))
         if act is None:
             raise ConversionError(f"GPT-2 activation_function={hf.get('activation_function')!r} is not supported")
@@ -183,6 +192,10 @@ def from_hf(hf, tensors):
     H, D = hf['num_attention_heads'], hf['hidden_size']
     if hf.get('head_dim') not in (None, D // H):
         raise ConversionError(f"head_dim={hf['head_dim']} differs from hidden_size/num_attention_heads")
+    window = hf.get('sliding_window') if kind == 'mixtral' else None  # LlamaModel ignores the field
+    if window is not None and window < hf['max_position_embeddings']:
+        refuse('sliding_window', f"modgpt attends to the whole context of {hf['max_position_embeddings']} "
+                                 f"positions; allowed: None or at least that")
     bias = bool(hf.get('attention_bias', False))
     if kind == 'llama' and bias != bool(hf.get('mlp_bias', False)):
         raise ConversionError("attention_bias and mlp_bias differ; modgpt has one bias switch")

@@ -153,3 +153,18 @@ def test_imported_checkpoint_resumes_with_a_fresh_optimizer(tmp_path):
     data = make_char_dataset(tmp_path / 'data')
     train(data, tmp_path / 'out', '--init_from=resume', '--max_iters=2', '--eval_interval=2')
     assert (tmp_path / 'out' / 'ckpt_2.pt').exists()
+
+
+@pytest.mark.parametrize('kind,setting,value', [
+    ('gpt2', 'scale_attn_weights', False),  # scores not divided by sqrt(head_dim)
+    ('gpt2', 'scale_attn_by_inverse_layer_idx', True),  # scores also divided by layer index + 1
+    ('gpt2', 'tie_word_embeddings', False),  # a head of its own, not the token embedding
+    ('mixtral', 'sliding_window', 16),  # attention limited to 16 of the 32 positions
+])
+def test_import_refuses_settings_that_change_the_maths(kind, setting, value, tmp_path):
+    hf_model(kind).save_pretrained(tmp_path)
+    config, tensors = convert.read_hf_dir(str(tmp_path))
+    with pytest.raises(convert.ConversionError, match=f'^cannot import {setting}={value!r}: '):
+        convert.from_hf({**config, setting: value}, tensors)
+    if kind == 'mixtral':  # a window as long as the context changes nothing
+        convert.from_hf({**config, setting: 32}, tensors)
