@@ -352,10 +352,14 @@ def collect_characters(job):
 # ---- the whole prepare ----
 
 def fingerprint(units, spec, digest, options):
-    """What the output depends on: the inputs (path, size, mtime), the tokenizer and the options."""
-    files = sorted({f for u in units for f in (u.get('files') or [u['file']])})
-    stats = [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]
-    text = json.dumps([stats, spec, digest, {k: v for k, v in options.items() if k != 'dtype'}], sort_keys=True)
+    """What the output depends on: the ordered plan of units (kind, range, split, and each file's real path, size
+    and mtime), the tokenizer and the options. Order and splits count: unit records are reused by their index."""
+    plan = []
+    for unit in units:
+        files = unit.get('files') or [unit['file']]
+        plan.append([{k: v for k, v in unit.items() if k not in ('file', 'files')},
+                     [(os.path.realpath(f), os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]])
+    text = json.dumps([plan, spec, digest, {k: v for k, v in options.items() if k != 'dtype'}], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
