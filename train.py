@@ -299,10 +299,16 @@ for _group in (g for opt in optimizers for g in opt.param_groups):
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 iter_num, best_val_loss, tokens_seen = 0, float('inf'), 0
 if checkpoint is not None:
+    # loading an optimizer state also loads the saved groups' lr, base_lr, weight_decay, betas...: this run's
+    # settings win, so a resumed run follows the schedule and hyperparameters of its own command line
+    settings = [[{k: v for k, v in g.items() if k != 'params'} for g in opt.param_groups] for opt in optimizers]
     if 'sharded' in checkpoint:
         ckpt_files.load_sharded(model, optimizers, checkpoint['sharded'])
     elif checkpoint.get('optimizer'):  # an imported model (convert.py import) starts with a fresh optimizer
         ckpt_files.load_optimizer_state(model, raw_model, optimizers, checkpoint['optimizer'], zero)
+    for opt, groups in zip(optimizers, settings):
+        for group, own in zip(opt.param_groups, groups):
+            group.update(own)
     if 'scaler' in checkpoint:
         scaler.load_state_dict(checkpoint['scaler'])
     iter_num, best_val_loss, tokens_seen = checkpoint['iter_num'], checkpoint['best_val_loss'], checkpoint['tokens_seen']

@@ -87,3 +87,14 @@ def run_logs(out_dir):
 
 def iteration_losses(out_dir):
     return {e['iter']: e['loss'] for log in run_logs(out_dir) for e in log['training_iterations']}
+
+
+def assert_optimizer_follows(groups, learning_rate, lr, weight_decay, betas):
+    """The optimizer's param groups (as a checkpoint saved them) carry this run's settings, not a resumed one's."""
+    assert groups
+    for group in groups:
+        assert group['base_lr'] == learning_rate and abs(group['lr'] - lr) < 1e-12, group
+        assert group['weight_decay'] in (weight_decay, 0.0), group
+        if 'betas' in group:  # AdamW's; Muon has a momentum instead
+            assert tuple(group['betas']) == betas, group
+    assert any(g['weight_decay'] == weight_decay for g in groups)

@@ -4,8 +4,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from helpers import ROOT, TINY_MODEL, iteration_losses, make_char_dataset, make_sharded_dataset, run_logs, train
+from helpers import ROOT, TINY_MODEL, assert_optimizer_follows, iteration_losses, make_char_dataset, make_sharded_dataset, run_logs, train
 
 # 4 global micro-steps: one process accumulates 4, each of 2 ranks accumulates 2
 RUN = ['--max_iters=6', '--gradient_accumulation_steps=4', '--eval_interval=3', '--log_interval=1',
@@ -92,6 +93,29 @@ def test_sharded_checkpoint_resumes_under_fsdp(runs, tmp_path):
     # a sharded checkpoint needs the same FSDP world size
     r = train(data, tmp_path / 'x', *RUN, '--init_from=resume', f'--resume_from={out / "ckpt_3"}', check=False)
     assert r.returncode == 2 and 'sharded checkpoint from 2 FSDP ranks' in r.stderr
+
+
+NEW_SETTINGS = ['--learning_rate=3e-4', '--min_lr=3e-5', '--weight_decay=0.05', '--beta1=0.8', '--beta2=0.99']
+
+
+def test_resume_takes_new_hyperparameters_under_zero1_and_sharded_fsdp(runs, tmp_path):
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    root, data = runs
+    # ZeRO-1 from a full checkpoint: its exposed and local param groups both get this run's settings
+    torchrun(data, tmp_path / 'zero1', *RUN, '--max_iters=4', '--parallelism=zero1', '--init_from=resume',
+             f'--resume_from={root / "zero1" / "ckpt_3.pt"}', *NEW_SETTINGS)
+    lr = run_logs(tmp_path / 'zero1')[-1]['training_iterations'][-1]['lr']
+    groups = torch.load(tmp_path / 'zero1' / 'ckpt_4.pt', weights_only=True)['optimizer']['param_groups']
+    assert_optimizer_follows(groups, 3e-4, lr, 0.05, (0.8, 0.99))
+    # FSDP from a sharded checkpoint (torch.distributed.checkpoint restores the groups too)
+    out = tmp_path / 'sharded'
+    torchrun(data, out, *RUN, '--max_iters=3', '--parallelism=fsdp', '--checkpoint_format=sharded')
+    torchrun(data, out, *RUN, '--max_iters=4', '--parallelism=fsdp', '--checkpoint_format=sharded',
+             '--init_from=resume', *NEW_SETTINGS)
+    lr = run_logs(out)[-1]['training_iterations'][-1]['lr']
+    dcp_to_torch_save(str(out / 'ckpt_4'), str(tmp_path / 'ckpt_4.pt'))
+    groups = torch.load(tmp_path / 'ckpt_4.pt', weights_only=False)['optimizer']['param_groups']
+    assert_optimizer_follows(groups, 3e-4, lr, 0.05, (0.8, 0.99))
 
 
 def test_two_ranks_without_accumulation_are_bit_identical(runs, tmp_path):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import (ROOT, SHARED, TINY_MODEL, iteration_losses, make_char_dataset, make_sharded_dataset, run,
-                     run_logs, train)
+from helpers import (ROOT, SHARED, TINY_MODEL, assert_optimizer_follows, iteration_losses, make_char_dataset,
+                     make_sharded_dataset, run, run_logs, train)
 from model import GPT, GPTConfig
 
 
@@ -56,6 +56,19 @@ def test_exact_resume_is_bit_identical(dataset, request, tmp_path):
     log = run_logs(tmp_path / 'straight')[0]
     assert log['startup_info']['dataset']['sampling'] == ('epoch' if dataset == 'sharded' else 'random')
     assert log['training_iterations'][-1]['epoch'] > log['training_iterations'][0]['epoch'] > 0
+
+
+@pytest.mark.parametrize('optimizer', ['adamw', 'muon'])
+def test_resume_takes_the_new_learning_rate_weight_decay_and_betas(data, tmp_path, optimizer):
+    # the optimizer's saved param groups must not win over the command line of the resumed run
+    common = ['--log_interval=1', '--eval_interval=4', '--warmup_iters=2', '--lr_decay_iters=6', f'--optimizer={optimizer}']
+    train(data, tmp_path / 'o', '--max_iters=4', *common)
+    new = ['--learning_rate=3e-4', '--min_lr=3e-5', '--weight_decay=0.05', '--beta1=0.8', '--beta2=0.99']
+    train(data, tmp_path / 'o', '--max_iters=6', '--init_from=resume', *common, *new)
+    last = run_logs(tmp_path / 'o')[-1]['training_iterations'][-1]
+    assert last['iter'] == 6
+    groups = torch.load(tmp_path / 'o' / 'ckpt_6.pt', weights_only=True)['optimizer']['param_groups']
+    assert_optimizer_follows(groups, 3e-4, last['lr'], 0.05, (0.8, 0.99))
 
 
 def test_logged_loss_is_mean_over_micro_steps(data, tmp_path):
