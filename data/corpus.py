@@ -27,6 +27,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import sys
@@ -43,6 +44,7 @@ from tokenizer import Tokenizer  # noqa: E402
 SUFFIXES = ('.txt', '.jsonl', '.jsonl.gz', '.jsonl.zst', '.parquet')
 BATCH_BYTES = 1 << 20  # text encoded per call: bounds the Python token lists a worker holds
 WORK = '.prepare'  # the resumable state inside out_dir, removed once meta.json is written
+DATASET_FILE = re.compile(r'(meta\.json|(train|val)(_\d+)?\.bin)(\.\d+\.tmp)?$')  # what a preparation writes
 SPAWN = multiprocessing.get_context('spawn')  # fork would copy the parent's memory and its threads' locks
 
 
@@ -351,27 +353,107 @@ def collect_characters(job):
 
 # ---- the whole prepare ----
 
-def fingerprint(units, spec, digest, options):
+def fingerprint(units, tokenizer, options):
     """What the output depends on: the ordered plan of units (kind, range, split, and each file's real path, size
-    and mtime), the tokenizer and the options. Order and splits count: unit records are reused by their index."""
+    and mtime), the tokenizer's identity and the options. Order and splits count: unit records are reused by
+    their index."""
     plan = []
     for unit in units:
         files = unit.get('files') or [unit['file']]
         plan.append([{k: v for k, v in unit.items() if k not in ('file', 'files')},
                      [(os.path.realpath(f), os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]])
-    text = json.dumps([plan, spec, digest, {k: v for k, v in options.items() if k != 'dtype'}], sort_keys=True)
+    text = json.dumps([plan, tokenizer, {k: v for k, v in options.items() if k != 'dtype'}], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def tokenizer_digest(tokenizer, data_dir):
-    """A hash of the tokenizer's own files (SentencePiece model, Hugging Face folder), so a changed one is noticed."""
-    spec, digest = tokenizer.spec, hashlib.sha256(str(tokenizer.vocab_size).encode())
-    path = os.path.join(data_dir, spec.get('model') or spec.get('path') or '')
-    files = [path] if os.path.isfile(path) else sorted(glob.glob(os.path.join(path, '*'))) if spec.get('path') else []
-    for name in files:
+def folder_files(path):
+    """A Hugging Face tokenizer folder's files: those at its top, less a dataset's own (it may be out_dir itself)."""
+    return sorted(n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)) and not DATASET_FILE.match(n))
+
+
+def content_sha256(path):
+    """A hash of a file, or of a tokenizer folder's files (names and bytes)."""
+    digest = hashlib.sha256()
+    for name in [path] if os.path.isfile(path) else [os.path.join(path, n) for n in folder_files(path)]:
+        digest.update(os.path.basename(name).encode() + b'\0')
         with open(name, 'rb') as f:
-            digest.update(f.read())
+            digest.update(f.read())  # tokenizer files: a few MB at most
     return digest.hexdigest()
+
+
+def tokenizer_identity(request):
+    """The tokenizer's part of the fingerprint, known before anything is built or copied: its kind and options,
+    and a hash of the model file or folder it comes from."""
+    if request == 'char':
+        return {'type': 'char'}  # the vocabulary follows from the inputs
+    if isinstance(request, Tokenizer):
+        return {**request.spec, 'vocab_size': request.vocab_size}
+    identity = {k: v for k, v in request.items() if k not in ('model', 'path')}
+    if request.get('model') or request.get('path'):
+        identity['sha256'] = content_sha256(request.get('model') or request['path'])
+    return identity
+
+
+FILE_SPECS = {'sentencepiece': {'type': 'sentencepiece', 'model': 'tokenizer.model'},
+              'huggingface': {'type': 'huggingface', 'path': 'tokenizer'}}  # names in out_dir, as meta.json says
+
+
+def build_tokenizer(request, directory, units, options, num_proc):
+    """The Tokenizer of a request, its files (a SentencePiece model, a Hugging Face folder) written into directory
+    under the names they keep in out_dir."""
+    if request == 'char':
+        return Tokenizer(char_spec(units, options, num_proc))
+    if isinstance(request, Tokenizer):
+        return request
+    os.makedirs(directory, exist_ok=True)
+    spec = FILE_SPECS[request['type']]
+    if request['type'] == 'sentencepiece' and 'model' not in request:
+        from common import train_sentencepiece
+        sample = sample_text([u for u in units if u['split'] != 'val'], options, request['sample_mb'])
+        return train_sentencepiece(sample, directory, request['vocab_size'])
+    if request['type'] == 'sentencepiece':
+        shutil.copyfile(request['model'], os.path.join(directory, spec['model']))
+    else:
+        os.makedirs(os.path.join(directory, spec['path']))
+        for name in folder_files(request['path']):
+            shutil.copyfile(os.path.join(request['path'], name), os.path.join(directory, spec['path'], name))
+    try:
+        return Tokenizer(spec, directory)
+    except ImportError:
+        raise PrepareError("a Hugging Face tokenizer folder needs transformers: pip install transformers")
+    except Exception as e:
+        raise PrepareError(f"{request.get('model') or request.get('path')}: not a {request['type']} tokenizer "
+                           f"({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+
+
+def start(request, out_dir, plan, units, options, num_proc):
+    """Begin an accepted preparation: its tokenizer is built aside in .prepare/ and moved into out_dir once it
+    works (the old dataset's meta.json goes then); plan.json, written last, marks out_dir as this preparation's."""
+    work_dir = os.path.join(out_dir, WORK)
+    staging = os.path.join(work_dir, 'tokenizer.new')
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(work_dir, exist_ok=True)
+    tokenizer = build_tokenizer(request, staging, units, options, num_proc)
+    if tokenizer.eot is None:
+        raise PrepareError(f"tokenizer {tokenizer.spec['type']} has no end-of-text token to end documents with")
+    if os.path.exists(os.path.join(out_dir, 'meta.json')):
+        os.remove(os.path.join(out_dir, 'meta.json'))  # --overwrite: the old dataset ends here
+    for name in os.listdir(staging) if os.path.isdir(staging) else []:
+        target = os.path.join(out_dir, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(staging, name), target)
+    shutil.rmtree(staging, ignore_errors=True)
+    atomic_json(os.path.join(work_dir, 'plan.json'), plan)
+    return tokenizer
+
+
+def resumed_tokenizer(request, out_dir, units, options, num_proc):
+    """The Tokenizer an unfinished preparation built, its files already in out_dir."""
+    if request == 'char' or isinstance(request, Tokenizer):
+        return build_tokenizer(request, None, units, options, num_proc)
+    print(f"resuming with the {request['type']} tokenizer this preparation built before")
+    return Tokenizer(FILE_SPECS[request['type']], out_dir)
 
 
 def run_pool(function, jobs, num_proc, initargs=None):
@@ -404,8 +486,8 @@ def progress_bar(total, initial, description):
 def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text_column='text',
             doc_separator=None, num_proc=None, unit_mb=8, shard_tokens=100_000_000, overwrite=False,
             source=None):
-    """Tokenize a corpus into out_dir; returns meta. tokenizer is a Tokenizer, or 'char' (vocabulary from the
-    corpus). Raises PrepareError for bad input."""
+    """Tokenize a corpus into out_dir; returns meta. tokenizer is a Tokenizer that needs no files (GPT-2), 'char'
+    (vocabulary from the corpus), or a request of tokenizer_request's. Raises PrepareError for bad input."""
     num_proc = num_proc or os.cpu_count() or 1
     if num_proc < 1:
         raise PrepareError(f"--num_proc={num_proc} must be at least 1")
@@ -424,15 +506,8 @@ def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text
     units = plan_units(train_files, 'auto' if not val_files else 'train', options) + plan_units(val_files, 'val', options)
     os.makedirs(out_dir, exist_ok=True)
     work_dir = os.path.join(out_dir, WORK)
-
-    if tokenizer == 'char':
-        spec = char_spec(units, options, num_proc)
-        tokenizer = Tokenizer(spec, out_dir)
-    spec = tokenizer.spec
-    if tokenizer.eot is None:
-        raise PrepareError(f"tokenizer {spec['type']} has no end-of-text token to end documents with")
-    options['dtype'] = np.dtype(np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32).name
-    key = fingerprint(units, spec, tokenizer_digest(tokenizer, out_dir), options)
+    identity = tokenizer_identity(tokenizer)
+    key = fingerprint(units, identity, options)
 
     meta_path = os.path.join(out_dir, 'meta.json')
     if os.path.exists(meta_path):
@@ -445,8 +520,6 @@ def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text
         if not overwrite:
             raise PrepareError(f"{out_dir} already holds a dataset prepared from other inputs or options; "
                                f"pass --overwrite to replace it, or choose another --out_dir")
-        os.remove(meta_path)
-    os.makedirs(work_dir, exist_ok=True)
     plan_path = os.path.join(work_dir, 'plan.json')
     if os.path.exists(plan_path):
         with open(plan_path) as f:
@@ -455,9 +528,13 @@ def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text
                     raise PrepareError(f"{work_dir} holds an unfinished prepare of other inputs or options; "
                                        f"pass --overwrite to discard it")
                 shutil.rmtree(work_dir)
-                os.makedirs(work_dir)
-    if not os.path.exists(plan_path):
-        atomic_json(plan_path, {'fingerprint': key, 'units': len(units)})
+    if os.path.exists(plan_path):
+        tokenizer = resumed_tokenizer(tokenizer, out_dir, units, options, num_proc)
+    else:
+        tokenizer = start(tokenizer, out_dir, {'fingerprint': key, 'units': len(units), 'tokenizer': identity},
+                          units, options, num_proc)
+    spec = tokenizer.spec
+    options['dtype'] = np.dtype(np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32).name
 
     records = {}
     for index in range(len(units)):
@@ -499,7 +576,7 @@ def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text
             bar.close()
     meta = write_shards(units, records, work_dir, out_dir, tokenizer, options)
     meta.update({'fingerprint': key, 'source': source or [*inputs, *val_inputs],
-                 'prepare': {k: v for k, v in options.items() if k != 'dtype'}})
+                 'prepare': {**{k: v for k, v in options.items() if k != 'dtype'}, 'tokenizer': identity}})
     atomic_json(meta_path, meta)  # its presence means the dataset is complete
     shutil.rmtree(work_dir, ignore_errors=True)
     elapsed = time.time() - started
@@ -584,8 +661,9 @@ def add_arguments(parser, default_out_dir=None, need_input=True):
     return parser
 
 
-def make_tokenizer(args):
-    """The tokenizer named by --tokenizer: a Tokenizer, or 'char' (built from the corpus by prepare)."""
+def tokenizer_request(args):
+    """What --tokenizer asks for, checked but not built: a Tokenizer (GPT-2), 'char', or a SentencePiece model to
+    copy or train, or a Hugging Face folder to copy (prepare builds these once the preparation is accepted)."""
     name = args.tokenizer
     if name == 'char':
         return 'char'
@@ -596,39 +674,21 @@ def make_tokenizer(args):
             raise PrepareError(f"could not load the GPT-2 BPE ({type(e).__name__}); offline, set "
                                f"TIKTOKEN_CACHE_DIR to a tiktoken cache")
     if name == 'sentencepiece':
-        os.makedirs(args.out_dir, exist_ok=True)
-        target = os.path.join(args.out_dir, 'tokenizer.model')
         if args.sp_model:
             if not os.path.isfile(args.sp_model):
                 raise PrepareError(f"--sp_model {args.sp_model} does not exist")
-            if os.path.abspath(args.sp_model) != os.path.abspath(target):
-                shutil.copyfile(args.sp_model, target)
-            return Tokenizer({'type': 'sentencepiece', 'model': 'tokenizer.model'}, args.out_dir)
-        if os.path.isfile(target) and os.path.exists(os.path.join(args.out_dir, WORK, 'plan.json')):
-            print(f"resuming with the SentencePiece model trained before: {target}")
-            return Tokenizer({'type': 'sentencepiece', 'model': 'tokenizer.model'}, args.out_dir)
-        from common import train_sentencepiece
-        return train_sentencepiece(sample_text(args), args.out_dir, args.vocab_size)
+            return {'type': 'sentencepiece', 'model': args.sp_model}
+        return {'type': 'sentencepiece', 'vocab_size': args.vocab_size, 'sample_mb': args.sp_sample_mb}
     if os.path.isdir(name):
-        target = os.path.join(args.out_dir, 'tokenizer')
-        if os.path.abspath(name) != os.path.abspath(target):
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(name, target)
-        try:
-            return Tokenizer({'type': 'huggingface', 'path': 'tokenizer'}, args.out_dir)
-        except ImportError:
-            raise PrepareError("a Hugging Face tokenizer folder needs transformers: pip install transformers")
-        except Exception as e:
-            raise PrepareError(f"--tokenizer {name}: not a Hugging Face tokenizer folder ({str(e).splitlines()[0]})")
+        return {'type': 'huggingface', 'path': name}
     raise PrepareError(f"--tokenizer {name!r} is invalid; allowed: gpt2, char, sentencepiece, or a Hugging Face "
                        f"tokenizer folder")
 
 
-def sample_text(args):
-    """The first --sp_sample_mb MiB of documents, in unit order: what a new SentencePiece model learns from."""
-    options = {'text_column': args.text_column, 'doc_separator': args.doc_separator or None, 'unit_mb': args.unit_mb}
-    limit, texts, size = args.sp_sample_mb * 2 ** 20, [], 0
-    for unit in plan_units(expand_inputs(args.input), 'auto', options):
+def sample_text(units, options, sample_mb):
+    """The first sample_mb MiB of documents, in unit order: what a new SentencePiece model learns from."""
+    limit, texts, size = sample_mb * 2 ** 20, [], 0
+    for unit in units:
         for text in unit_texts(unit, options):
             texts.append(text)
             size += len(text)
@@ -694,7 +754,7 @@ def main(args, source=None, fetch=None):
                                    f"{', '.join(SUFFIXES)}")
             args.input, args.val_input = fetch()
         split_folders(args)
-        return prepare(args.input, args.out_dir, make_tokenizer(args), val_inputs=args.val_input,
+        return prepare(args.input, args.out_dir, tokenizer_request(args), val_inputs=args.val_input,
                        val_fraction=args.val_fraction, text_column=args.text_column,
                        doc_separator=args.doc_separator, num_proc=args.num_proc, unit_mb=args.unit_mb,
                        shard_tokens=args.shard_tokens, overwrite=args.overwrite, source=source)

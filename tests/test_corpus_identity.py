@@ -29,10 +29,12 @@ def split_tokens(out_dir, split):
                            for s in meta['shards'][split]]).tolist()
 
 
+def stop(*_, **__):
+    raise KeyboardInterrupt
+
+
 def interrupted(monkeypatch, *args, **kwargs):
     """A prepare stopped once every unit is done, before any shard is written: .prepare/ keeps its records."""
-    def stop(*_, **__):
-        raise KeyboardInterrupt
     with monkeypatch.context() as m:
         m.setattr(corpus, 'write_shards', stop)
         with pytest.raises(KeyboardInterrupt):
@@ -56,3 +58,76 @@ def test_resume_keys_on_the_ordered_plan_of_units(tmp_path, monkeypatch):
         corpus.prepare(then, fresh, 'char', val_inputs=then_val, **options)
         for split in ('train', 'val'):
             assert split_tokens(out, split) == split_tokens(fresh, split)
+
+
+def tree_bytes(directory):
+    return {os.path.relpath(os.path.join(d, n), directory): open(os.path.join(d, n), 'rb').read()
+            for d, _, names in os.walk(directory) for n in names}
+
+
+def prepare(*args, code=0):
+    r = run('data/custom/prepare.py', '--num_proc=1', '--val_fraction=0.2', *args)
+    assert r.returncode == code, r.stdout + r.stderr
+    return r
+
+
+def test_sentencepiece_options_are_part_of_the_preparation(tmp_path):
+    docs = texts(150)
+    source = jsonl(tmp_path / 'docs.jsonl', docs)
+    out = tmp_path / 'd'
+    base = [f'--input={source}', f'--out_dir={out}', '--tokenizer=sentencepiece']
+    prepare(*base, '--vocab_size=300')
+    before, trained = tree_bytes(out), os.stat(out / 'tokenizer.model').st_mtime_ns
+    # an identical rerun of a finished dataset does not train again
+    assert 'already prepared' in prepare(*base, '--vocab_size=300').stdout
+    assert os.stat(out / 'tokenizer.model').st_mtime_ns == trained and tree_bytes(out) == before
+    # another vocabulary size is another preparation: refused, and nothing is written
+    assert 'pass --overwrite' in prepare(*base, '--vocab_size=320', code=2).stderr
+    jsonl(tmp_path / 'docs.jsonl', docs + ['one more document'])
+    assert 'pass --overwrite' in prepare(*base, '--vocab_size=320', code=2).stderr
+    other = tmp_path / 'other'
+    prepare(f'--input={source}', f'--out_dir={other}', '--tokenizer=sentencepiece', '--vocab_size=320')
+    assert 'pass --overwrite' in prepare(*base, f'--sp_model={other / "tokenizer.model"}', code=2).stderr
+    assert tree_bytes(out) == before
+    # --overwrite builds the new one, and the shards are its tokens
+    prepare(*base, '--vocab_size=320', '--overwrite')
+    assert json.load(open(out / 'meta.json'))['vocab_size'] == 320
+    assert split_tokens(out, 'train') == split_tokens(other, 'train')  # the model (its bytes name its folder)
+
+
+def test_overwrite_over_an_unfinished_prepare_uses_the_new_tokenizer_options(tmp_path, monkeypatch):
+    source = jsonl(tmp_path / 'docs.jsonl', texts(150))
+    out = tmp_path / 'd'
+    base = [f'--input={source}', f'--out_dir={out}', '--tokenizer=sentencepiece']
+    with monkeypatch.context() as m:
+        m.setattr(corpus, 'write_shards', stop)  # stopped before the shards: .prepare/ holds model and units
+        assert 'interrupted' in prepare(*base, '--vocab_size=300', code=2).stderr
+    assert 'unfinished prepare' in prepare(*base, '--vocab_size=320', code=2).stderr
+    prepare(*base, '--vocab_size=320', '--overwrite')
+    assert json.load(open(out / 'meta.json'))['vocab_size'] == 320
+
+
+def hf_folder(path, words):
+    """A tiny word-level Hugging Face tokenizer folder, built offline."""
+    tokenizers = pytest.importorskip('tokenizers')
+    transformers = pytest.importorskip('transformers', reason='transformers is not installed (pip install transformers)')
+    vocab = {w: i for i, w in enumerate(['[UNK]', '</s>', *words])}
+    model = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='[UNK]'))
+    model.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=model, unk_token='[UNK]', eos_token='</s>').save_pretrained(path)
+    return str(path)
+
+
+def test_a_hugging_face_folder_is_copied_only_into_an_accepted_preparation(tmp_path):
+    source = jsonl(tmp_path / 'docs.jsonl', texts(40))
+    out = tmp_path / 'd'
+    first, second = hf_folder(tmp_path / 'hf1', WORDS), hf_folder(tmp_path / 'hf2', WORDS[::-1])
+    prepare(f'--input={source}', f'--out_dir={out}', f'--tokenizer={first}')
+    before = tree_bytes(out)
+    assert 'already prepared' in prepare(f'--input={source}', f'--out_dir={out}', f'--tokenizer={first}').stdout
+    assert 'pass --overwrite' in prepare(f'--input={source}', f'--out_dir={out}', f'--tokenizer={second}',
+                                         code=2).stderr
+    assert tree_bytes(out) == before
+    prepare(f'--input={source}', f'--out_dir={out}', f'--tokenizer={second}', '--overwrite')
+    assert tree_bytes(out / 'tokenizer') == tree_bytes(second) and split_tokens(out, 'train') != [] and \
+        tree_bytes(out) != before
