@@ -276,6 +276,14 @@ def init_worker(spec, data_dir, options, progress_queue):
                        parent=os.getppid())
 
 
+def read_json(path):
+    """The object a json file holds, or None when there is no such file."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def atomic_json(path, obj):
     tmp = f'{path}.{os.getpid()}.tmp'
     with open(tmp, 'w') as f:
@@ -426,9 +434,17 @@ def build_tokenizer(request, directory, units, options, num_proc):
                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})")
 
 
-def start(request, out_dir, plan, units, options, num_proc):
+def tokenizer_files(spec):
+    """The names in out_dir of a tokenizer spec's files (a trained SentencePiece model has its .vocab beside it)."""
+    if spec.get('model'):
+        return [spec['model'], os.path.splitext(spec['model'])[0] + '.vocab']
+    return [spec['path']] if spec.get('path') else []
+
+
+def start(request, out_dir, plan, units, options, num_proc, replacing=None):
     """Begin an accepted preparation: its tokenizer is built aside in .prepare/ and moved into out_dir once it
-    works (the old dataset's meta.json goes then); plan.json, written last, marks out_dir as this preparation's."""
+    works. With --overwrite (replacing: the old tokenizer's file names) the old dataset goes first: meta.json, its
+    shards, its tokenizer files. plan.json, written last, marks out_dir as this preparation's."""
     work_dir = os.path.join(out_dir, WORK)
     staging = os.path.join(work_dir, 'tokenizer.new')
     shutil.rmtree(staging, ignore_errors=True)
@@ -436,8 +452,13 @@ def start(request, out_dir, plan, units, options, num_proc):
     tokenizer = build_tokenizer(request, staging, units, options, num_proc)
     if tokenizer.eot is None:
         raise PrepareError(f"tokenizer {tokenizer.spec['type']} has no end-of-text token to end documents with")
-    if os.path.exists(os.path.join(out_dir, 'meta.json')):
-        os.remove(os.path.join(out_dir, 'meta.json'))  # --overwrite: the old dataset ends here
+    if replacing is not None:
+        for name in sorted(os.listdir(out_dir), key=lambda n: n != 'meta.json'):  # meta.json first
+            path = os.path.join(out_dir, name)
+            if os.path.isdir(path) and name in replacing:
+                shutil.rmtree(path)
+            elif DATASET_FILE.match(name) or name in replacing:
+                os.remove(path)
     for name in os.listdir(staging) if os.path.isdir(staging) else []:
         target = os.path.join(out_dir, name)
         if os.path.isdir(target):
@@ -509,10 +530,10 @@ def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text
     identity = tokenizer_identity(tokenizer)
     key = fingerprint(units, identity, options)
 
-    meta_path = os.path.join(out_dir, 'meta.json')
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            old = json.load(f)
+    meta_path, plan_path = os.path.join(out_dir, 'meta.json'), os.path.join(work_dir, 'plan.json')
+    old, plan = read_json(meta_path), read_json(plan_path)
+    stale = set()  # tokenizer files of what --overwrite replaces
+    if old is not None:
         if old.get('fingerprint') == key:
             shutil.rmtree(work_dir, ignore_errors=True)  # a run killed after meta.json, before cleaning up
             print(f"{out_dir} is already prepared from these inputs ({old['train_tokens']:,} train tokens)")
@@ -520,28 +541,24 @@ def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text
         if not overwrite:
             raise PrepareError(f"{out_dir} already holds a dataset prepared from other inputs or options; "
                                f"pass --overwrite to replace it, or choose another --out_dir")
-    plan_path = os.path.join(work_dir, 'plan.json')
-    if os.path.exists(plan_path):
-        with open(plan_path) as f:
-            if json.load(f)['fingerprint'] != key:
-                if not overwrite:
-                    raise PrepareError(f"{work_dir} holds an unfinished prepare of other inputs or options; "
-                                       f"pass --overwrite to discard it")
-                shutil.rmtree(work_dir)
-    if os.path.exists(plan_path):
+        stale.update(tokenizer_files(old.get('tokenizer', {})))
+    if plan is not None and plan['fingerprint'] != key:
+        if not overwrite:
+            raise PrepareError(f"{work_dir} holds an unfinished prepare of other inputs or options; "
+                               f"pass --overwrite to discard it")
+        stale.update(tokenizer_files(FILE_SPECS.get(plan.get('tokenizer', {}).get('type'), {})))
+        shutil.rmtree(work_dir)
+        plan = None
+    if plan is not None:
         tokenizer = resumed_tokenizer(tokenizer, out_dir, units, options, num_proc)
     else:
         tokenizer = start(tokenizer, out_dir, {'fingerprint': key, 'units': len(units), 'tokenizer': identity},
-                          units, options, num_proc)
+                          units, options, num_proc, stale if overwrite else None)
     spec = tokenizer.spec
     options['dtype'] = np.dtype(np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32).name
 
-    records = {}
-    for index in range(len(units)):
-        path = os.path.join(work_dir, f'unit_{index:07d}.json')
-        if os.path.exists(path):
-            with open(path) as f:
-                records[index] = json.load(f)
+    records = {i: read_json(os.path.join(work_dir, f'unit_{i:07d}.json')) for i in range(len(units))}
+    records = {i: r for i, r in records.items() if r is not None}
     todo = [(i, u, work_dir) for i, u in enumerate(units) if i not in records]
     total = sum(u['bytes'] for u in units)
     done_bytes = sum(units[i]['bytes'] for i in records)
@@ -619,7 +636,10 @@ def write_shards(units, records, work_dir, out_dir, tokenizer, options):
             name = f'{split}_{number:06d}.bin'
             path = os.path.join(out_dir, name)
             counts = {k: sum(records[i][split][k] for i in group) for k in ('tokens', 'documents', 'bytes')}
-            if not (os.path.exists(path) and os.path.getsize(path) == counts['tokens'] * itemsize):
+            # a shard is kept only if this preparation wrote it (a record in .prepare/), as a resume after a kill
+            done = os.path.join(work_dir, f'{name}.json')
+            if not (read_json(done) == {'units': group, **counts} and os.path.isfile(path)
+                    and os.path.getsize(path) == counts['tokens'] * itemsize):
                 tmp = f'{path}.{os.getpid()}.tmp'
                 with open(tmp, 'wb') as out:
                     for i in group:
@@ -628,6 +648,7 @@ def write_shards(units, records, work_dir, out_dir, tokenizer, options):
                     out.flush()
                     os.fsync(out.fileno())
                 os.replace(tmp, path)
+                atomic_json(done, {'units': group, **counts})
             shards[split].append({'file': name, **counts})
     totals = {f'{split}_{k}': sum(s[k] for s in shards[split]) for split in shards for k in ('tokens', 'documents', 'bytes')}
     # a hash of every document's text in order, from the units' own hashes

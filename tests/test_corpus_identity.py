@@ -131,3 +131,28 @@ def test_a_hugging_face_folder_is_copied_only_into_an_accepted_preparation(tmp_p
     prepare(f'--input={source}', f'--out_dir={out}', f'--tokenizer={second}', '--overwrite')
     assert tree_bytes(out / 'tokenizer') == tree_bytes(second) and split_tokens(out, 'train') != [] and \
         tree_bytes(out) != before
+
+
+def test_overwrite_never_keeps_shards_or_tokenizer_files_of_the_old_dataset(tmp_path):
+    docs = texts(60)
+    train, val = tmp_path / 'train.jsonl', tmp_path / 'val.jsonl'
+    jsonl(train, docs)
+    jsonl(val, texts(10, seed=5))
+    out = tmp_path / 'd'
+    base = [f'--input={train}', f'--val_input={val}', f'--out_dir={out}', '--shard_tokens=300']
+    prepare(*base, '--tokenizer=char')
+    # one character changed for another of the corpus: every shard keeps its size, not its bytes
+    i = docs[0].index('a')
+    jsonl(train, [docs[0][:i] + 't' + docs[0][i + 1:]] + docs[1:])
+    prepare(*base, '--tokenizer=char', '--overwrite')
+    fresh = tmp_path / 'fresh'
+    prepare(*base[:2], f'--out_dir={fresh}', '--shard_tokens=300', '--tokenizer=char')
+    assert tree_bytes(out) == tree_bytes(fresh)
+    # a dataset of fewer shards and another tokenizer over one with a SentencePiece model
+    prepare(*base, '--tokenizer=sentencepiece', '--vocab_size=300', '--overwrite')
+    assert (out / 'tokenizer.model').exists() and (out / 'tokenizer.vocab').exists()
+    jsonl(train, docs[:20])
+    prepare(*base, '--tokenizer=char', '--overwrite')
+    fresh = tmp_path / 'fresh_small'
+    prepare(*base[:2], f'--out_dir={fresh}', '--shard_tokens=300', '--tokenizer=char')
+    assert tree_bytes(out) == tree_bytes(fresh)
