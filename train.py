@@ -685,7 +685,8 @@ while True:
                  'achieved_tflops': flops_per_token * tokens_per_sec / world_size / 1e12,
                  'flops_per_token': flops_per_token, 'eta_s': eta_s(), **monitor.memory_stats(device_type, device)}
         if expert_sum is not None:  # share of routed slots per expert, per layer, over the interval and all ranks
-            entry['expert_fractions'] = (sum_over_ranks(expert_sum) / expert_sum[0].sum().item() / world_size).tolist()
+            totals = sum_over_ranks(expert_sum)  # each row: slots of every micro-step of every rank
+            entry['expert_fractions'] = (totals / totals.sum(dim=1, keepdim=True)).tolist()
             expert_sum = None
         run_log.iteration(entry)
         if not math.isfinite(mean_loss):

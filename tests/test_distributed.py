@@ -127,6 +127,19 @@ def test_two_ranks_without_accumulation_are_bit_identical(runs, tmp_path):
     assert iteration_losses(tmp_path / 'ddp') == iteration_losses(tmp_path / 'single')
 
 
+def test_moe_expert_shares_under_ddp_equal_one_process(runs, tmp_path):
+    # each layer's shares sum to 1 over all ranks' slots (they once summed to 1 / world size)
+    _, data = runs
+    args = ['--arch_preset=moe', '--n_kv_head=1', '--max_iters=2', '--gradient_accumulation_steps=2',
+            '--eval_interval=100', '--log_interval=2']
+    train(data, tmp_path / 'single', *args)
+    torchrun(data, tmp_path / 'ddp', *args, '--parallelism=ddp')
+    [single], [ddp] = (run_logs(tmp_path / name)[0]['training_iterations'] for name in ('single', 'ddp'))
+    assert len(ddp['expert_fractions']) == 2
+    for a, b in zip(ddp['expert_fractions'], single['expert_fractions']):
+        assert sum(a) == pytest.approx(1.0) and a == pytest.approx(b, abs=1e-12)
+
+
 def test_epoch_sampling_on_a_sharded_corpus_is_the_same_on_two_ranks(tmp_path):
     data = make_sharded_dataset(tmp_path / 'data')
     args = ['--max_iters=4', '--gradient_accumulation_steps=2', '--eval_interval=100', '--log_interval=1']
