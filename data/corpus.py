@@ -520,6 +520,11 @@ def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text
                'unit_mb': unit_mb, 'shard_tokens': shard_tokens}
     train_files = expand_inputs(inputs)
     val_files = expand_inputs(val_inputs) if val_inputs else []
+    in_train = {os.path.realpath(f) for f in train_files}
+    both = [os.path.realpath(f) for f in val_files if os.path.realpath(f) in in_train]
+    if both:  # its documents would train and be held out at once
+        which = f"{both[0]} is" if len(both) == 1 else f"{both[0]} and {len(both) - 1} more files are"
+        raise PrepareError(f"{which} in both --input and --val_input; give each file one split")
     if val_files:
         options['val_fraction'] = 0.0  # explicit val files: every other document trains
     elif val_fraction == 0:

@@ -139,9 +139,10 @@ def test_gpt2_counts_are_encode_ordinary_plus_one(source, tmp_path):
     assert meta['dtype'] == 'uint16' and meta['eot_token'] == 50256
     # text that looks like a special token is ordinary text, as in encode_ordinary
     special = 'before <|endoftext|> after'
-    (tmp_path / 'special.jsonl').write_text(json.dumps({'text': special}) + '\n')
-    corpus.prepare([str(tmp_path / 'special.jsonl')], str(tmp_path / 's'), tok, val_inputs=[str(tmp_path / 'special.jsonl')],
-                   num_proc=1)
+    for name in ('special.jsonl', 'special_val.jsonl'):
+        (tmp_path / name).write_text(json.dumps({'text': special}) + '\n')
+    corpus.prepare([str(tmp_path / 'special.jsonl')], str(tmp_path / 's'), tok,
+                   val_inputs=[str(tmp_path / 'special_val.jsonl')], num_proc=1)
     assert read_split(tmp_path / 's', 'train').tolist() == tok.enc.encode_ordinary(special) + [tok.eot]
 
 
@@ -155,6 +156,17 @@ def test_explicit_val_files(source, tmp_path):
     assert tok.decode(read_split(tmp_path / 'd', 'val')) == 'held out text'
     assert tok.decode(read_split(tmp_path / 'd', 'train')) == 'training text'
     assert meta['val_documents'] == meta['train_documents'] == 1
+
+
+def test_a_file_in_both_splits_is_refused(source, tmp_path):
+    folder, _ = source
+    (tmp_path / 'link.jsonl').symlink_to(folder / 'a.jsonl')
+    for val in (folder / 'a.jsonl', tmp_path / 'link.jsonl', folder):  # a path, a link to it, a folder holding it
+        r = run('data/custom/prepare.py', f'--input={folder}', f'--val_input={val}', f'--out_dir={tmp_path / "d"}',
+                *PREPARE)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert 'both --input and --val_input' in r.stderr and 'a.jsonl' in r.stderr
+    assert not os.path.exists(tmp_path / 'd' / 'meta.json')
 
 
 def test_kill_9_at_any_moment_then_rerun_gives_identical_bytes(source, tmp_path):
