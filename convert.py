@@ -2,9 +2,12 @@
 Hugging Face interop: export a modgpt checkpoint as a transformers model folder, or import one.
 
     python convert.py export out-shakespeare/ckpt_2000.pt hf-model/     # or an out_dir: its newest checkpoint
+    python convert.py export out/ hf-model/ data/moved/                 # DATA_DIR: where the tokenizer's files are
     python convert.py import hf-model/ out-imported/                    # writes out-imported/ckpt_0.pt
 
 gpt2 preset <-> GPT2LMHeadModel, llama-family presets <-> LlamaForCausalLM, moe preset <-> MixtralForCausalLM.
+The export also writes the tokenizer the model was trained with (GPT-2 BPE, SentencePiece, a Hugging Face folder,
+a character vocabulary) as transformers tokenizer files, and makes its end-of-text token the model's BOS and EOS.
 A config no transformers class can represent is refused with the switch that blocks it. Needs
 `pip install transformers safetensors`. The weights are checked against transformers in tests/test_convert.py.
 """
@@ -19,6 +22,7 @@ from dataclasses import asdict, replace
 
 import checkpoint as ckpt_files
 from model import GPT, GPTConfig
+from tokenizer import Tokenizer
 
 GPT2_ACTIVATIONS = {'gelu_tanh': 'gelu_new', 'gelu': 'gelu', 'relu': 'relu', 'silu': 'silu'}
 GPT2_HUB_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # nanoGPT's init_from names
@@ -76,14 +80,14 @@ def hf_family(c):
     return 'mixtral' if c.n_expert else 'llama'
 
 
-def to_hf(config, state):
-    """(transformers config, HF-named state dict) of a modgpt model."""
+def to_hf(config, state, eot=None):
+    """(transformers config, HF-named state dict) of a modgpt model. eot: the end-of-text id of its tokenizer, which
+    generate() stops at (documents also start after one, so it is the BOS id too); None: no such token."""
     transformers = require('transformers')
     c, family = config, hf_family(config)
     hd, H, KV = c.head_dim, c.n_head, c.kv_heads
     out = {}
     if family == 'gpt2':
-        eot = 50256 if c.vocab_size > 50256 else None  # GPT-2's <|endoftext|>
         hf = transformers.GPT2Config(vocab_size=c.vocab_size, bos_token_id=eot, eos_token_id=eot, n_positions=c.block_size, n_embd=c.n_embd,
                                      n_layer=c.n_layer, n_head=c.n_head, n_inner=c.ffn_hidden_size,
                                      activation_function=GPT2_ACTIVATIONS[c.activation], resid_pdrop=0.0,
@@ -104,7 +108,7 @@ def to_hf(config, state):
     common = dict(vocab_size=c.vocab_size, hidden_size=c.n_embd, num_hidden_layers=c.n_layer, num_attention_heads=H,
                   num_key_value_heads=KV, max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
                   hidden_act='silu', tie_word_embeddings=c.weight_tying, attention_dropout=0.0, head_dim=hd,
-                  rope_theta=c.rope_theta)
+                  rope_theta=c.rope_theta, bos_token_id=eot, eos_token_id=eot)
     if family == 'llama':
         hf = transformers.LlamaConfig(intermediate_size=c.ffn_hidden_size, attention_bias=c.bias, mlp_bias=c.bias,
                                       architectures=['LlamaForCausalLM'], **common)
@@ -292,10 +296,15 @@ def load_model(out_dir='out', ckpt='', init_from='', data_dir=''):
         raise ConversionError(f"no loadable checkpoint {'in ' + repr(out_dir) if not ckpt else ''}")
     model = GPT(GPTConfig(**checkpoint['model_args']))
     model.load_state_dict(checkpoint['model'])
-    config = checkpoint['config']
-    spec_dir = data_dir or config.get('data_dir') or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
-                                                                    config.get('dataset', ''))
-    return model, (checkpoint.get('meta') or {}).get('tokenizer'), spec_dir, checkpoint['iter_num'], ckpt
+    return model, (checkpoint.get('meta') or {}).get('tokenizer'), dataset_dir(checkpoint, data_dir), \
+        checkpoint['iter_num'], ckpt
+
+
+def dataset_dir(checkpoint, data_dir=''):
+    """Where the tokenizer's files of a checkpoint are: data_dir, else the dataset folder it was trained on."""
+    config = checkpoint.get('config') or {}
+    return data_dir or config.get('data_dir') or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+                                                              config.get('dataset', ''))
 
 
 def hf_tokenizer_spec(hf_dir, config):
@@ -320,7 +329,81 @@ def save_gpt2_tokenizer(hf_dir):
     transformers.GPT2TokenizerFast.from_pretrained(hf_dir).save_pretrained(hf_dir)
 
 
-def export(source, hf_dir):
+def sentencepiece_tokenizer(path):
+    """A tokenizers object that encodes like SentencePieceProcessor.encode with the model file at path: the same
+    normalizer settings, BPE merges ranked by piece score (or the unigram scores), byte fallback; or a string saying
+    why there is none."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError:
+        return "reading a SentencePiece model file needs protobuf: pip install protobuf"
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(path, 'rb') as f:
+        proto.ParseFromString(f.read())
+    trainer, spec = proto.trainer_spec, proto.normalizer_spec
+    if any(p.type == 4 for p in proto.pieces):  # SentencePiece matches these whole, before any merge
+        return f"{path} has user-defined pieces, which a tokenizers model cannot match the same way"
+    if trainer.model_type == 1:
+        tok = Tokenizer(models.Unigram([(p.piece, p.score) for p in proto.pieces], unk_id=trainer.unk_id,
+                                       byte_fallback=trainer.byte_fallback))
+    elif trainer.model_type == 2:  # a merge per split of a normal piece into two normal ones, best piece first
+        normal = {p.piece: (-p.score, i) for i, p in enumerate(proto.pieces) if p.type == 1}
+        merges = sorted((normal[p], p[:k], p[k:]) for p in normal for k in range(1, len(p))
+                        if p[:k] in normal and p[k:] in normal)
+        tok = Tokenizer(models.BPE({p.piece: i for i, p in enumerate(proto.pieces)}, [m[1:] for m in merges],
+                                   unk_token=trainer.unk_piece, fuse_unk=True, byte_fallback=trainer.byte_fallback))
+    else:
+        return f"{path} is a SentencePiece model of type {trainer.model_type}; allowed: 1 (unigram), 2 (bpe)"
+    space = '\u2581' if spec.escape_whitespaces else ' '
+    steps = [normalizers.Precompiled(spec.precompiled_charsmap)] if spec.precompiled_charsmap else []
+    if spec.remove_extra_whitespaces:
+        steps += [normalizers.Replace(Regex(r'\A +| +\z'), ''), normalizers.Replace(Regex(' {2,}'), ' ')]
+    steps += [normalizers.Replace(' ', space)] + ([normalizers.Prepend(space)] if spec.add_dummy_prefix else [])
+    tok.normalizer = normalizers.Sequence(steps)
+    tok.decoder = decoders.Sequence([decoders.Replace(space, ' '), decoders.ByteFallback(), decoders.Fuse()] +
+                                    ([decoders.Strip(' ', 1, 0)] if spec.add_dummy_prefix else []))
+    return tok
+
+
+def char_tokenizer(chars, eot):
+    """A tokenizers object for a character vocabulary: every character a token, the end-of-text one after them."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    vocab = {ch: i for i, ch in enumerate(chars)} | ({'<|endoftext|>': eot} if eot is not None else {})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token='<|unknown|>'))  # not in vocab: encoding an unknown fails
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r'[\s\S]'), 'isolated')
+    tok.decoder = decoders.Fuse()
+    return tok
+
+
+def save_tokenizer(tokenizer, folder, hf_dir):
+    """The transformers tokenizer files of a tokenizer.py Tokenizer whose files are in folder, encoding the same ids
+    and adding none; returns None, or a line saying why none was written."""
+    transformers = require('transformers')
+    if tokenizer.kind == 'huggingface':
+        tokenizer.hf.save_pretrained(hf_dir)
+        return None
+    if tokenizer.kind == 'tiktoken':
+        if tokenizer.spec['name'] != 'gpt2':
+            return f"tiktoken {tokenizer.spec['name']!r} has no transformers tokenizer here; allowed: gpt2"
+        save_gpt2_tokenizer(hf_dir)
+        return None
+    if tokenizer.kind == 'sentencepiece':
+        tok = sentencepiece_tokenizer(os.path.join(folder, tokenizer.spec['model']))
+        if isinstance(tok, str):
+            return tok
+        piece = tokenizer.sp.id_to_piece
+        eot, unk = piece(tokenizer.eot) if tokenizer.eot is not None else None, piece(tokenizer.sp.unk_id())
+    else:
+        tok, unk = char_tokenizer(tokenizer.chars, tokenizer.eot), None
+        eot = '<|endoftext|>' if tokenizer.eot is not None else None
+    # the end-of-text token is BOS too, as in the model config (to_hf)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eot, eos_token=eot, unk_token=unk,
+                                         clean_up_tokenization_spaces=False).save_pretrained(hf_dir)
+    return None
+
+
+def export(source, hf_dir, data_dir=''):
     if os.path.isdir(source):
         paths = ckpt_files.list_checkpoints(source)
         if not paths:
@@ -330,17 +413,23 @@ def export(source, hf_dir):
         raise ConversionError(f"checkpoint {source} not found")
     ckpt = ckpt_files.load(source)
     config = GPTConfig(**ckpt['model_args'])
-    hf, tensors = to_hf(config, ckpt['model'])
+    spec = (ckpt.get('meta') or {}).get('tokenizer')
+    tokenizer, folder = None, dataset_dir(ckpt, data_dir)
+    if spec:  # the tokenizer it was trained with gives the end-of-text id and the tokenizer files
+        try:
+            tokenizer = Tokenizer(spec, folder)
+        except (FileNotFoundError, ImportError, ValueError, OSError) as e:
+            raise ConversionError(f"cannot rebuild the tokenizer of {source} ({e}); give the folder of its files "
+                                  f"as DATA_DIR")
+    hf, tensors = to_hf(config, ckpt['model'], tokenizer.eot if tokenizer else None)
     require('safetensors')
     from safetensors.torch import save_file
     os.makedirs(hf_dir, exist_ok=True)
     hf.save_pretrained(hf_dir)
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(hf_dir, 'model.safetensors'),
               metadata={'format': 'pt'})
-    tokenizer = (ckpt.get('meta') or {}).get('tokenizer') or {}
-    if tokenizer.get('type') == 'tiktoken' and tokenizer.get('name') == 'gpt2':
-        save_gpt2_tokenizer(hf_dir)
-    return source
+    missing = save_tokenizer(tokenizer, folder, hf_dir) if tokenizer else "the checkpoint records no tokenizer"
+    return source, missing
 
 
 def import_(hf_dir, out_dir):
@@ -361,14 +450,15 @@ def import_(hf_dir, out_dir):
 
 
 def main(argv):
-    usage = "usage: python convert.py export CKPT_OR_OUT_DIR HF_DIR | python convert.py import HF_DIR OUT_DIR"
-    if len(argv) != 3 or argv[0] not in ('export', 'import'):
+    usage = ("usage: python convert.py export CKPT_OR_OUT_DIR HF_DIR [DATA_DIR] | "
+             "python convert.py import HF_DIR OUT_DIR")
+    if not (argv[:1] == ['export'] and len(argv) in (3, 4) or argv[:1] == ['import'] and len(argv) == 3):
         print(usage, file=sys.stderr)
         return 2
     try:
         if argv[0] == 'export':
-            source = export(argv[1], argv[2])
-            print(f"exported {source} to {argv[2]}")
+            source, missing = export(*argv[1:])
+            print(f"exported {source} to {argv[2]}" + (f" without a tokenizer: {missing}" if missing else ''))
         else:
             print(f"imported {argv[1]} to {import_(argv[1], argv[2])}")
     except (ConversionError, ValueError, KeyError) as e:

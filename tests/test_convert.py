@@ -9,6 +9,7 @@ import checkpoint as ckpt_files
 import convert
 from helpers import SHARED, make_char_dataset, run, run_logs, train
 from model import GPT, GPTConfig
+from tokenizer import Tokenizer
 
 transformers = pytest.importorskip('transformers', reason='transformers is not installed (pip install transformers)')
 pytest.importorskip('safetensors', reason='safetensors is not installed')
@@ -27,10 +28,10 @@ def modgpt(preset, **kw):
     return model
 
 
-def save_checkpoint(model, directory, meta=None):
+def save_checkpoint(model, directory, meta=None, config=None):
     os.makedirs(directory, exist_ok=True)
-    ckpt_files.save({'model': model.state_dict(), 'model_args': asdict(model.config), 'meta': meta},
-                    os.path.join(directory, 'ckpt_1.pt'))
+    ckpt_files.save({'model': model.state_dict(), 'model_args': asdict(model.config), 'meta': meta,
+                     'config': config}, os.path.join(directory, 'ckpt_1.pt'))
     return directory
 
 
@@ -168,3 +169,60 @@ def test_import_refuses_settings_that_change_the_maths(kind, setting, value, tmp
         convert.from_hf({**config, setting: value}, tensors)
     if kind == 'mixtral':  # a window as long as the context changes nothing
         convert.from_hf({**config, setting: 32}, tensors)
+
+
+
+HAS_TIKTOKEN = os.path.isdir(os.path.join(SHARED, 'tiktoken_cache'))
+SAMPLE = 'the cat sat  on 12 mats\n\n\tthe dog, 345 ☃ '  # runs of spaces, digits, a character no corpus had
+
+
+def training_tokenizer(kind, folder):
+    """(tokenizer spec, its files' folder) of each kind a dataset can have."""
+    os.makedirs(folder, exist_ok=True)
+    text = ' '.join(['the cat sat on the mat', 'the dog ran', '12 345']) * 200 + '\n'
+    if kind == 'sentencepiece':
+        from common import train_sentencepiece
+        train_sentencepiece(text, folder, 300)
+        return {'type': 'sentencepiece', 'model': 'tokenizer.model'}
+    if kind == 'char':
+        return {'type': 'char', 'chars': ''.join(sorted(set(SAMPLE))), 'end_of_text': True}
+    if kind == 'huggingface':  # a byte-level BPE of the tokenizers library, its end of text first
+        from tokenizers import Tokenizer as Bpe, decoders, models, pre_tokenizers, trainers
+        bpe = Bpe(models.BPE())
+        bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+        bpe.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, special_tokens=['<eos>'],
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token='<eos>').save_pretrained(folder / 'tok')
+        return {'type': 'huggingface', 'path': 'tok'}
+    return {'type': 'tiktoken', 'name': 'gpt2'}
+
+
+@pytest.mark.parametrize('preset,kind', [
+    ('llama', 'sentencepiece'), ('llama', 'char'), ('gpt2', 'char'), ('moe', 'huggingface'),
+    *[pytest.param(preset, 'tiktoken', marks=pytest.mark.skipif(not HAS_TIKTOKEN, reason='no tiktoken cache'))
+      for preset in ('llama', 'gpt2')],
+])
+def test_export_writes_the_training_tokenizer_and_generates_like_sample(preset, kind, tmp_path):
+    spec = training_tokenizer(kind, tmp_path / 'data')
+    ours_tok = Tokenizer(spec, tmp_path / 'data')
+    ours, eot = modgpt(preset, vocab_size=ours_tok.vocab_size), ours_tok.eot
+    prompt = ours_tok.encode('the cat')
+    with torch.no_grad():  # the end-of-text token becomes the greedy choice a few tokens in: generate() must stop
+        t = ours.generate(torch.tensor([prompt]), 4, temperature=0)[0, -1]
+        ours.lm_head.weight[eot] = 3 * ours.lm_head.weight[t]
+    save_checkpoint(ours, tmp_path / 'ckpt', meta={'tokenizer': spec}, config={'data_dir': str(tmp_path / 'data')})
+    r = run('convert.py', 'export', tmp_path / 'ckpt', tmp_path / 'hf')
+    assert r.returncode == 0 and 'without a tokenizer' not in r.stdout, r.stdout + r.stderr
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / 'hf')
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'hf').eval()
+    ids = ours_tok.encode(SAMPLE)
+    assert tok.encode(SAMPLE) == ids and tok.decode(ids) == ours_tok.decode(ids)
+    # the training data's end-of-text id, not a default (a Llama config's 2 is '#' in GPT-2's BPE)
+    assert tok.eos_token_id == hf.generation_config.eos_token_id == hf.config.eos_token_id == eot
+    # greedy decoding as sample.py does it (temperature 0), up to the first end-of-text token
+    steps = 8
+    new = ours.generate(torch.tensor([prompt]), steps, temperature=0)[0, len(prompt):].tolist()
+    assert eot in new
+    with torch.no_grad():
+        theirs = hf.generate(**tok('the cat', return_tensors='pt'), do_sample=False, max_new_tokens=steps)
+    assert theirs[0].tolist() == prompt + new[:new.index(eot) + 1]
