@@ -188,21 +188,22 @@ def compressed_lines(path, kind):
 
 
 def json_texts(lines, path, column):
-    """The column's text of each JSON line; 1024 lines are parsed in one call (per-line calls cost more)."""
+    """The column's text of each JSON line (None for a null, as parquet gives); 1024 lines are parsed in one call
+    (per-line calls cost more)."""
     def check(line):  # the slow path, only to name the bad line
         try:
             text = json.loads(line)[column]
         except (ValueError, KeyError, TypeError) as e:
             what = f"no field {column!r} (--text_column)" if isinstance(e, (KeyError, TypeError)) else 'invalid JSON'
             raise PrepareError(f"{path}: a line has {what}: {line[:80]!r}")
-        if not isinstance(text, str):
+        if not isinstance(text, str) and text is not None:
             raise PrepareError(f"{path}: field {column!r} is not a string: {line[:80]!r}")
         return text
 
     def parse(chunk):
         try:
             texts = [record[column] for record in json.loads(b'[' + b','.join(chunk) + b']')]
-            if all(type(text) is str for text in texts):
+            if all(type(text) is str or text is None for text in texts):
                 return texts
         except (ValueError, KeyError, TypeError):
             pass
@@ -239,6 +240,7 @@ def separated_texts(path, start, end, separator):
 
 
 def unit_texts(unit, options):
+    """The texts of a unit's documents, in order; None for a null text."""
     kind = unit['kind']
     if kind == 'txt_files':
         for path in unit['files']:
@@ -257,7 +259,7 @@ def unit_texts(unit, options):
         first, last = unit['rows']
         for start in range(first, last, 1024):
             for text in column.slice(start, min(1024, last - start)).to_pylist():
-                yield text or ''
+                yield text
 
 
 def goes_to_val(data, fraction):
@@ -315,8 +317,15 @@ def process_unit(job):
     # temp names carry the pid: a worker orphaned by a killed run cannot collide with the rerun's
     files = {split: open(f'{path}.{os.getpid()}.tmp', 'wb') for split, path in parts.items()}
     counts = {split: {'tokens': 0, 'documents': 0, 'bytes': 0} for split in parts}
-    content = hashlib.sha256()
-    for texts in batches_of_text(unit_texts(unit, options), BATCH_BYTES):
+    content, nulls = hashlib.sha256(), [0]
+
+    def present(texts):  # a null text is no document, only counted
+        for text in texts:
+            if text is None:
+                nulls[0] += 1
+            else:
+                yield text
+    for texts in batches_of_text(present(unit_texts(unit, options)), BATCH_BYTES):
         data = [text.encode('utf-8') for text in texts]
         for d in data:
             content.update(d)
@@ -345,7 +354,7 @@ def process_unit(job):
         os.replace(f.name, parts[split])
     if queue is not None:
         queue.put((unit['bytes'], 0))
-    record = {**counts, 'sha256': content.hexdigest()}
+    record = {**counts, 'sha256': content.hexdigest(), 'null': nulls[0]}
     atomic_json(os.path.join(work_dir, f'unit_{index:07d}.json'), record)  # the unit is done once this exists
     return index, record
 
@@ -355,7 +364,7 @@ def collect_characters(job):
     index, unit, options = job
     chars = set()
     for text in unit_texts(unit, options):
-        chars.update(text)
+        chars.update(text or '')
     return ''.join(sorted(chars))
 
 
@@ -659,7 +668,8 @@ def write_shards(units, records, work_dir, out_dir, tokenizer, options):
     # a hash of every document's text in order, from the units' own hashes
     source_sha256 = hashlib.sha256(''.join(records[i]['sha256'] for i in range(len(units))).encode()).hexdigest()
     return {'tokenizer': tokenizer.spec, 'vocab_size': tokenizer.vocab_size, 'dtype': options['dtype'],
-            'eot_token': tokenizer.eot, **totals, 'source_sha256': source_sha256, 'shards': shards}
+            'eot_token': tokenizer.eot, **totals, 'skipped_null_documents': sum(r['null'] for r in records.values()),
+            'source_sha256': source_sha256, 'shards': shards}
 
 
 def add_arguments(parser, default_out_dir=None, need_input=True):
@@ -716,6 +726,7 @@ def sample_text(units, options, sample_mb):
     limit, texts, size = sample_mb * 2 ** 20, [], 0
     for unit in units:
         for text in unit_texts(unit, options):
+            text = text or ''  # a null joins the sample as an empty text, as it always has from parquet
             texts.append(text)
             size += len(text)
             if size >= limit:

@@ -169,6 +169,23 @@ def test_a_file_in_both_splits_is_refused(source, tmp_path):
     assert not os.path.exists(tmp_path / 'd' / 'meta.json')
 
 
+def test_null_texts_are_skipped_and_counted_in_jsonl_and_parquet_alike(tmp_path):
+    pa = pytest.importorskip('pyarrow', reason='pyarrow is not installed (pip install pyarrow)')
+    import pyarrow.parquet as pq
+    (tmp_path / 'a.jsonl').write_text(''.join(json.dumps({'text': t}) + '\n' for t in ['one', None, 'two', None]))
+    pq.write_table(pa.table({'text': ['three', None, '']}), tmp_path / 'b.parquet')
+    (tmp_path / 'v.jsonl').write_text(json.dumps({'text': 'held out'}) + '\n' + json.dumps({'text': None}) + '\n')
+    meta = corpus.prepare([str(tmp_path / 'a.jsonl'), str(tmp_path / 'b.parquet')], str(tmp_path / 'd'), 'char',
+                          val_inputs=[str(tmp_path / 'v.jsonl')], num_proc=1)
+    tok = load_tokenizer(tmp_path / 'd')
+    assert tok.decode(read_split(tmp_path / 'd', 'train')) == 'onetwothree' and meta['train_documents'] == 3
+    assert meta['skipped_null_documents'] == 4 and meta['val_documents'] == 1
+    (tmp_path / 'a.jsonl').write_text(json.dumps({'text': 5}) + '\n')  # a text that is not a string is an error
+    r = run('data/custom/prepare.py', f'--input={tmp_path / "a.jsonl"}', f'--out_dir={tmp_path / "e"}',
+            '--tokenizer=char', '--val_fraction=0.5')
+    assert r.returncode == 2 and 'is not a string' in r.stderr
+
+
 def test_kill_9_at_any_moment_then_rerun_gives_identical_bytes(source, tmp_path):
     folder, _ = source
     args = [f'--input={folder}', *PREPARE, '--unit_mb=0.0005', '--shard_tokens=4000', '--num_proc=2']
