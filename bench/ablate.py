@@ -11,9 +11,12 @@ seeds, under one budget, and report which difference is real.
 --seeds N | A,B,C      each variant once per seed (1..N, or the list; '7,' is seed 7 alone); the seed sets the
                        initial weights, data order and dropout. 1 (default): one run per variant with the config's
                        seed, no intervals
---budget B             tokens (default: the same iterations for all) | flops (the same training FLOPs: iterations
-                       scaled by each variant's FLOPs per iteration, measured by a one-step probe of train.py) |
-                       time (the same wall time: give --max_time=SECONDS; the schedule still follows max_iters)
+--budget B             tokens (default: every run trains the baseline's tokens) | flops (the baseline's training
+                       FLOPs) | time (the same wall time: give --max_time=SECONDS; the schedule follows max_iters).
+                       tokens, flops: a variant's max_iters, warmup_iters and lr_decay_iters (if set) are the
+                       baseline's times its tokens (FLOPs) per iteration over the variant's, as a one-step probe of
+                       train.py counts them (tokens probes only when a variant changes batch_size, block_size or
+                       gradient_accumulation_steps); a variant that sets max_iters is refused
 --jobs K               K trainings at once: each on its own GPU if there are several, else the CPU cores shared out
 --emit slurm           write a job-array script (one run per task) and the report step, instead of running
 --report               only write the report from the runs already finished
@@ -42,6 +45,7 @@ import downstream  # noqa: E402
 import runlog  # noqa: E402
 
 FINISHED = ('max_iters', 'max_time', 'target_val_loss')  # stop reasons of a run that did its whole budget
+TOKENS_PER_ITER = ('batch_size', 'block_size', 'gradient_accumulation_steps')  # train.py's tokens_per_iter
 OPTIONS = {'--seeds': '1', '--budget': 'tokens', '--jobs': '1', '--emit': '', '--format': 'md', '--out_root': 'ablations'}
 
 
@@ -129,26 +133,28 @@ def train_argv(configs, common, changes, out_dir, seed=None):
 
 
 def probe(configs, common, changes, cache_path):
-    """One training step of a variant in a scratch folder: (flops per iteration, the run's config), kept in
-    cache_path so a rerun of the sweep does not probe again."""
+    """One training step of a variant in a scratch folder: {'flops_per_iter', 'tokens_per_iter', 'config': its
+    schedule} as train.py counts them, or the line it failed with; kept in cache_path so that a rerun need not
+    probe again."""
     key = shlex.join(train_argv(configs, common, changes, ''))
     try:
         with open(cache_path) as f:
             cache = json.load(f)
     except (OSError, ValueError):
         cache = {}
-    if key in cache:
-        return tuple(cache[key])
+    if isinstance(cache.get(key), dict):  # an entry of another layout is probed again
+        return cache[key]
     with tempfile.TemporaryDirectory() as scratch:
         cmd = train_argv(configs, common, changes, scratch) + ['--max_time=1e-9', '--eval_iters=0', '--eval_tasks=',
                                                                 '--save_checkpoints=False', '--progress=False']
         done = subprocess.run(cmd, capture_output=True, text=True)  # here: relative paths mean what they say
         if done.returncode != 0:
-            return None, (done.stderr.strip().splitlines() or [f'exit status {done.returncode}'])[-1].removeprefix('error: ')
+            return (done.stderr.strip().splitlines() or [f'exit status {done.returncode}'])[-1].removeprefix('error: ')
         [log] = runlog.load_all(scratch)
     info = log['startup_info']
-    cache[key] = found = (info['performance']['flops_per_token'] * info['training']['tokens_per_iter'],
-                          {k: log['config'][k] for k in ('max_iters', 'lr_decay_iters')})
+    tokens = info['training']['tokens_per_iter']  # gradient_accumulation_steps * batch_size * block_size
+    cache[key] = found = {'flops_per_iter': info['performance']['flops_per_token'] * tokens, 'tokens_per_iter': tokens,
+                          'config': {k: log['config'][k] for k in ('max_iters', 'warmup_iters', 'lr_decay_iters')}}
     os.makedirs(os.path.dirname(cache_path), exist_ok=True)
     with open(cache_path + '.tmp', 'w') as f:
         json.dump(cache, f)
@@ -157,23 +163,34 @@ def probe(configs, common, changes, cache_path):
 
 
 def plan(args):
-    """(variant names, runs): runs are dicts with variant, seed, out_dir and argv, in the order to run them."""
+    """(variant names, runs): runs are dicts with variant, seed, out_dir and argv, in the order to run them.
+    Under a tokens (FLOPs) budget a variant's schedule is the baseline's in iterations times the baseline's tokens
+    (FLOPs) per iteration over the variant's: every run trains the baseline's tokens (FLOPs)."""
     variants = [('baseline', {})] + [(v['name'], {k: val for k, val in v.items() if k != 'name'})
                                      for v in args['variants']]
-    if args['budget'] == 'flops':  # same FLOPs: iterations in inverse proportion to the FLOPs of one iteration
+    budget = args['budget']
+    for name, changes in variants:
+        if budget in ('tokens', 'flops') and 'max_iters' in changes:
+            die(f"variant {name} sets max_iters, which --budget {budget} derives from the baseline's; give "
+                f"--max_iters to every run, or use --budget time")
+    # train.py's tokens per iteration: gradient_accumulation_steps * batch_size * block_size (the accumulation
+    # steps are global, shared out over the ranks); a sweep that changes none of them trains equal tokens as it is
+    if budget == 'flops' or budget == 'tokens' and any(k in TOKENS_PER_ITER for _, c in variants for k in c):
+        figure = 'flops_per_iter' if budget == 'flops' else 'tokens_per_iter'
         cache = os.path.join(args['out_root'], 'probes.json')
         probes = {name: probe(args['configs'], args['common'], changes, cache) for name, changes in variants}
-        failed = {name: p[1] for name, p in probes.items() if p[0] is None}
-        if 'baseline' in failed:
-            die(f"the baseline does not start: {failed['baseline']}")
-        base_flops, base_config = probes['baseline']
+        if isinstance(probes['baseline'], str):
+            die(f"the baseline does not start: {probes['baseline']}")
+        base = probes['baseline']
         for name, changes in variants:
-            if name in failed:
+            if isinstance(probes[name], str):
                 continue  # it fails the same way when it runs, and is reported then
-            iters = max(1, round(base_config['max_iters'] * base_flops / probes[name][0]))
-            changes['max_iters'] = iters
-            if base_config['lr_decay_iters'] == base_config['max_iters']:  # the schedule ends with the run
-                changes['lr_decay_iters'] = iters
+            ratio = base[figure] / probes[name][figure]
+            changes['max_iters'] = max(1, round(base['config']['max_iters'] * ratio))
+            # warmup and decay keep their share of the run (a decay of None ends with it); a variant's own value wins
+            for key in ('warmup_iters', 'lr_decay_iters'):
+                if key not in changes and base['config'][key] is not None:
+                    changes[key] = round(base['config'][key] * ratio)
     runs = []
     for seed in args['seeds']:  # seed by seed: a partial sweep already has paired runs to compare
         for name, changes in variants:

@@ -124,7 +124,7 @@ def answer(rows, seeds):
     return '; '.join(parts) + '.'
 
 
-BUDGETS = {'tokens': 'equal tokens: every variant trains the same iterations',
+BUDGETS = {'tokens': "equal tokens: a variant with more tokens per iteration trains fewer iterations",
            'flops': 'equal training FLOPs: a variant with more FLOPs per token trains fewer iterations',
            'time': 'equal wall time per run (max_time); runs sharing a machine share its speed'}
 

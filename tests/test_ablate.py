@@ -184,6 +184,54 @@ def test_time_budget_stops_every_run_at_max_time(sweep, tmp_path):
     assert 'equal wall time' in (tmp_path / 'comparison.md').read_text()
 
 
+def planned(runs, key):
+    """{variant: the value of --key its train.py gets (the last one wins), or None}."""
+    return {r['variant']: next((a.split('=', 1)[1] for a in reversed(r['argv']) if a.startswith(f'--{key}=')), None)
+            for r in runs}
+
+
+def test_budgets_scale_the_schedule_to_equal_tokens_or_flops(monkeypatch, tmp_path, capsys):
+    # what the one-step probe of train.py reports: 4 x 16 tokens an iteration, a schedule of 100 iterations
+    per_iter = {'batch_size': lambda v: 16 * int(v), 'block_size': lambda v: 4 * int(v),
+                'gradient_accumulation_steps': lambda v: 64 * int(v)}
+    schedule = {'max_iters': 100, 'lr_decay_iters': 100, 'warmup_iters': 10}
+
+    def probe(configs, common, changes, cache_path):
+        tokens = next((per_iter[k](v) for k, v in changes.items() if k in per_iter), 64)
+        flops = tokens * (2.0 if changes.get('ffn_type') == 'swiglu' else 1.0)
+        return {'flops_per_iter': flops, 'tokens_per_iter': tokens, 'config': dict(schedule)}
+    monkeypatch.setattr(ablate, 'probe', probe)
+
+    def plan(budget, *variants):
+        args = {'configs': [], 'common': [f'--{k}={v}' for k, v in schedule.items() if v is not None],
+                'budget': budget, 'seeds': [None], 'out_root': str(tmp_path),
+                'variants': [{'name': f'{k}={v}', k: v} for k, v in variants]}
+        runs = ablate.plan(args)[1]
+        return {key: planned(runs, key) for key in ('max_iters', 'lr_decay_iters', 'warmup_iters')}
+
+    # equal tokens: twice the tokens an iteration, half the iterations, warmup and decay with them
+    got = plan('tokens', ('batch_size', '8'), ('block_size', '8'), ('gradient_accumulation_steps', '3'),
+               ('ffn_type', 'swiglu'))
+    assert got['max_iters'] == {'baseline': '100', 'batch_size=8': '50', 'block_size=8': '200',
+                                'gradient_accumulation_steps=3': '33', 'ffn_type=swiglu': '100'}
+    assert got['lr_decay_iters'] == got['max_iters']
+    assert got['warmup_iters'] == {'baseline': '10', 'batch_size=8': '5', 'block_size=8': '20',
+                                   'gradient_accumulation_steps=3': '3', 'ffn_type=swiglu': '10'}
+    # equal FLOPs: twice the FLOPs an iteration, half the iterations and half the warmup
+    got = plan('flops', ('ffn_type', 'swiglu'))
+    assert got['max_iters']['ffn_type=swiglu'] == '50' and got['warmup_iters']['ffn_type=swiglu'] == '5'
+    schedule['lr_decay_iters'] = None  # train.py's default: the decay ends with the run, whatever its length
+    assert plan('flops', ('ffn_type', 'swiglu'))['lr_decay_iters'] == {'baseline': None, 'ffn_type=swiglu': None}
+    # no variant changes the tokens of an iteration: nothing to probe, the config's schedule for all
+    monkeypatch.setattr(ablate, 'probe', None)
+    assert plan('tokens', ('ffn_type', 'swiglu'))['max_iters'] == {'baseline': '100', 'ffn_type=swiglu': '100'}
+    # a variant's own max_iters would break the budget
+    for budget in ('tokens', 'flops'):
+        with pytest.raises(SystemExit):
+            plan(budget, ('max_iters', '200'))
+        assert 'variant max_iters=200 sets max_iters' in capsys.readouterr().err
+
+
 def test_jobs_get_a_gpu_each_or_a_share_of_the_cores(monkeypatch):
     import torch
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4)
