@@ -43,8 +43,11 @@ rank, world_size = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZ
 
 
 def die(message):
+    # for verdicts every rank reaches alike: rank 0 says it, the others leave it time to before torchrun stops all
     if rank == 0:
         print(f"error: {message}", file=sys.stderr)
+    else:
+        time.sleep(3)
     sys.exit(2)
 
 
@@ -65,6 +68,10 @@ try:
     tokenizer = Tokenizer(spec, spec_dir)
 except (OSError, ImportError, ValueError) as e:
     die(f"cannot rebuild the tokenizer ({e}); pass --data_dir to the dataset folder it was trained on")
+try:  # every item of every task, on every rank, before any rank starts scoring its share
+    downstream.check_tasks(task_list, tokenizer, evals_dir, limit)
+except downstream.EvalError as e:
+    die(str(e))
 if device == 'auto':
     device = perf.default_device()
 if distributed:
@@ -91,8 +98,10 @@ try:
     results = downstream.evaluate(model, tokenizer, task_list, model.config.block_size, device, autocast,
                                   limit=limit or None, data_dir=evals_dir, rank=rank, world_size=world_size,
                                   reduce=reduce if distributed else None, batch_tokens=batch_tokens)
-except downstream.EvalError as e:
-    die(str(e))
+except (downstream.EvalError, RuntimeError, OSError) as e:
+    # only this rank knows: it says so itself (torchrun then stops the ranks waiting for its sums)
+    print(f"error: {f'rank {rank}: ' if distributed else ''}{str(e).splitlines()[0]}", file=sys.stderr)
+    sys.exit(2)
 if rank == 0:
     print(downstream.table(results))
     os.makedirs(out_dir, exist_ok=True)

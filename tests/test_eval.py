@@ -156,6 +156,22 @@ def test_missing_data_and_tokenizers_that_cannot_are_one_line(trained, tmp_path)
     assert r.returncode == 2 and "task 'mmlu' is invalid" in r.stderr
 
 
+def test_eval_under_torchrun_with_an_item_only_rank_1_cannot_encode_fails_in_one_line(trained, tmp_path):
+    # item 1 goes to rank 1: before, rank 1 exited silently (only rank 0 printed) while rank 0 waited for its sums
+    import subprocess
+    import sys
+    from helpers import ROOT
+    root, data, _ = trained
+    ok, bad = ITEMS['piqa'][0], {**ITEMS['piqa'][0], 'goal': 'Ωmega?'}
+    (tmp_path / 'piqa.jsonl').write_text(''.join(json.dumps(i) + '\n' for i in (ok, bad, ok, ok)))
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        os.path.join(ROOT, 'eval.py'), f'--out_dir={tmp_path / "o"}', f'--ckpt={root / "run" / "ckpt_20.pt"}',
+                        f'--evals_dir={tmp_path}', f'--data_dir={data}', '--tasks=piqa'],
+                       capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=120)
+    ours = [line for line in r.stderr.splitlines() if line.startswith('error: ')]
+    assert r.returncode != 0 and len(ours) == 1 and 'cannot encode task piqa' in ours[0], r.stderr[-2000:]
+
+
 def test_downstream_accuracy_during_training(trained, tmp_path):
     root, data, evals = trained
     train(data, tmp_path / 'o', '--max_iters=4', '--eval_interval=2', '--block_size=64', '--eval_tasks=piqa,lambada',
