@@ -139,6 +139,8 @@ if parallelism not in ('ddp', 'zero1', 'fsdp'):
     die(f"parallelism={parallelism!r} is invalid; allowed: ddp, zero1, fsdp")
 if optimizer not in ('adamw', 'muon'):
     die(f"optimizer={optimizer!r} is invalid; allowed: adamw, muon")
+if optimizer == 'muon' and not hasattr(torch.optim, 'Muon'):
+    die(f"optimizer='muon' needs torch>=2.9 (torch.optim.Muon); this is torch {torch.__version__}")
 if optimizer == 'muon' and distributed and parallelism != 'ddp':
     die(f"optimizer='muon' needs whole weight matrices: use parallelism='ddp' (not {parallelism!r})")
 if compile_mode not in ('default', 'reduce-overhead', 'max-autotune'):
@@ -154,25 +156,79 @@ if gradient_accumulation_steps < 1 or batch_size < 1:
 if gradient_accumulation_steps % world_size:
     die(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by the world size {world_size}")
 local_accumulation = gradient_accumulation_steps // world_size
+
+# ---- device, precision, process group ----
+if device == 'auto':
+    device = perf.default_device()
+device_type = device.split(':')[0]
+if device_type == 'cuda' and not torch.cuda.is_available():
+    die(f"device={device!r} but CUDA is not available")
+if dtype == 'auto':
+    dtype = perf.auto_dtype(device_type)
+if dtype not in ('float32', 'bfloat16', 'float16'):
+    die(f"dtype={dtype!r} is invalid; allowed: auto, float32, bfloat16, float16")
+if distributed:
+    if device_type == 'cuda':
+        device = f'cuda:{local_rank}'
+        torch.cuda.set_device(device)
+    # ranks restarted by torchrun (--max-restarts) meet in the same store as the ranks before them: keys under a
+    # prefix of their own, so no rank reads a dead one's address
+    _store, _, _ = next(dist.rendezvous('env://', rank, world_size))
+    _store = dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", _store)
+    dist.init_process_group('nccl' if device_type == 'cuda' else 'gloo', store=_store, rank=rank, world_size=world_size)
+
+
+def from_rank_0(value):
+    """Rank 0's value on every rank: one process decides what exists on disk, so no rank takes another path."""
+    if distributed:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        value = box[0]
+    return value
+
+
+def any_rank(flag):
+    """Collective: whether flag is set on any rank (one process: flag itself)."""
+    if not distributed:
+        return bool(flag)
+    t = torch.tensor([float(bool(flag))], device=device)
+    dist.all_reduce(t)
+    return bool(t.item())
+
+
 checkpoint = None
 if init_from == 'auto':
-    init_from = 'resume' if ckpt_files.list_checkpoints(out_dir) or resume_from else 'scratch'
+    init_from = from_rank_0('resume' if ckpt_files.list_checkpoints(out_dir) or resume_from else 'scratch')
     say(f"init_from='auto': " + ('resuming' if init_from == 'resume' else
                                   f"no checkpoint in {out_dir!r}, starting from scratch"))
 if init_from == 'resume' or eval_only:
-    if resume_from:
-        if not os.path.exists(resume_from):
-            die(f"resume_from={resume_from!r}: no such file")
-        candidates = [resume_from]
-    else:
-        candidates = ckpt_files.list_checkpoints(out_dir)
-        if eval_only and not candidates and os.path.isfile(os.path.join(out_dir, 'best.pt')):
-            candidates = [os.path.join(out_dir, 'best.pt')]
-        if not candidates:
-            die(f"no checkpoint to resume in {out_dir!r} (looked for ckpt_<iter>.pt)")
-    checkpoint, path = ckpt_files.load_newest(candidates)
-    if checkpoint is None:
-        die(f"no loadable checkpoint among {', '.join(candidates)}")
+    problem = path = None
+    if master:  # rank 0 picks the checkpoint (the newest that loads), every rank loads that one
+        if resume_from:
+            candidates = [resume_from] if os.path.exists(resume_from) else []
+            problem = None if candidates else f"resume_from={resume_from!r}: no such file"
+        else:
+            candidates = ckpt_files.list_checkpoints(out_dir)
+            if eval_only and not candidates and os.path.isfile(os.path.join(out_dir, 'best.pt')):
+                candidates = [os.path.join(out_dir, 'best.pt')]
+            problem = None if candidates else f"no checkpoint to resume in {out_dir!r} (looked for ckpt_<iter>.pt)"
+        if candidates:
+            checkpoint, path = ckpt_files.load_newest(candidates)
+            problem = None if checkpoint is not None else f"no loadable checkpoint among {', '.join(candidates)}"
+    problem, path = from_rank_0((problem, path))
+    if problem:
+        die(problem)
+    if not master:
+        try:
+            checkpoint = ckpt_files.load(path)
+        except Exception as e:
+            print(f"error: rank {rank} cannot read {path} ({type(e).__name__}: {e}); every rank must see the "
+                  f"checkpoint rank 0 resumes (a filesystem shared by all nodes)", file=sys.stderr)
+    if any_rank(checkpoint is None):
+        die(f"not every rank could read {path} (the failing ranks say why)")
+    iters = from_rank_0(checkpoint['iter_num'])
+    if any_rank(checkpoint['iter_num'] != iters):
+        die(f"ranks read different checkpoints from {path}: rank 0 is at iteration {iters}")
     if 'sharded' in checkpoint and (parallelism != 'fsdp' or checkpoint['world_size'] != world_size):
         die(f"{path} is a sharded checkpoint from {checkpoint['world_size']} FSDP ranks; resume it with "
             f"parallelism='fsdp' on {checkpoint['world_size']} ranks")
@@ -234,25 +290,6 @@ for _split, _stream in streams.items():
 for k in ARCH_FIELDS:  # the config records the model actually built
     config[k] = getattr(model_config, k)
 
-# ---- device, precision, process group ----
-if device == 'auto':
-    device = perf.default_device()
-device_type = device.split(':')[0]
-if device_type == 'cuda' and not torch.cuda.is_available():
-    die(f"device={device!r} but CUDA is not available")
-if dtype == 'auto':
-    dtype = perf.auto_dtype(device_type)
-if dtype not in ('float32', 'bfloat16', 'float16'):
-    die(f"dtype={dtype!r} is invalid; allowed: auto, float32, bfloat16, float16")
-if distributed:
-    if device_type == 'cuda':
-        device = f'cuda:{local_rank}'
-        torch.cuda.set_device(device)
-    # ranks restarted by torchrun (--max-restarts) meet in the same store as the ranks before them: keys under a
-    # prefix of their own, so no rank reads a dead one's address
-    _store, _, _ = next(dist.rendezvous('env://', rank, world_size))
-    _store = dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", _store)
-    dist.init_process_group('nccl' if device_type == 'cuda' else 'gloo', store=_store, rank=rank, world_size=world_size)
 ptdtype = getattr(torch, dtype)
 autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on TF32 tensor cores (and MFU counts TF32 peaks)
@@ -452,7 +489,7 @@ def save_checkpoint(reason, best=False):
     }
     path = os.path.join(out_dir, f'ckpt_{iter_num}')
     if checkpoint_format == 'sharded':
-        ckpt_files.save_sharded(model, optimizers, train_state, path, master)
+        failed = ckpt_files.save_sharded(model, optimizers, train_state, path, master, any_rank)
     else:
         model_state, optim_state = ckpt_files.full_state(model, raw_model, optimizers, zero)
         path += '.pt'
@@ -464,11 +501,10 @@ def save_checkpoint(reason, best=False):
                     ckpt_files.save(ckpt, target)
                 except OSError as e:
                     failed = failed or f"could not write {target}: {e.strerror or e}"
-        votes = sum_over_ranks(torch.tensor([float(bool(failed))], device=device)).item() if distributed else failed
-        if votes:
-            if master:
-                print(f"error: {failed}; the previous checkpoint is untouched", file=sys.stderr)
-            finish('checkpoint failed', 1)
+    if any_rank(failed):
+        if failed:  # the rank(s) that failed say why
+            print(f"error: {failed}; the previous checkpoint is untouched", file=sys.stderr)
+        finish('checkpoint failed', 1)
     if master:
         for old in ckpt_files.list_checkpoints(out_dir)[keep_last_n:]:
             ckpt_files.remove(old)

@@ -166,3 +166,14 @@ def test_auto_dtype_takes_bf16_only_where_tensor_cores_run_it(monkeypatch, nativ
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: including_emulation or native)
     assert perf.auto_dtype('cuda') == expected
     assert perf.auto_dtype('cpu') == 'float32' and perf.auto_dtype('mps') == 'float32'
+
+
+def test_an_older_torch_gets_one_line_naming_the_version_a_feature_needs(data, tmp_path, monkeypatch):
+    monkeypatch.delattr(torch.optim, 'Muon')  # as on torch < 2.9
+    r = train(data, tmp_path / 'o', '--optimizer=muon', '--max_iters=1', check=False)
+    assert r.returncode == 2 and r.stderr.strip() == \
+        f"error: optimizer='muon' needs torch>=2.9 (torch.optim.Muon); this is torch {torch.__version__}"
+    monkeypatch.delattr(torch, '_grouped_mm')
+    r = train(data, tmp_path / 'o', '--arch_preset=moe', '--n_kv_head=1', '--max_iters=1', check=False)
+    assert r.returncode == 2 and 'n_expert=8 is invalid' in r.stderr and 'MoE needs torch>=2.9' in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
