@@ -46,7 +46,8 @@ def load(path):
             raise FileNotFoundError(f"{path} has no .metadata: an incomplete sharded checkpoint")
         state = torch.load(os.path.join(path, 'train_state.pt'), map_location='cpu', weights_only=True)
         return {**state, 'sharded': path}
-    return torch.load(path, map_location='cpu', weights_only=True)
+    # mmap: tensors are read from the page cache when used, so the ranks of one node share one copy of the file
+    return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
 
 
 def list_checkpoints(directory):
@@ -111,20 +112,44 @@ def load_optimizer_state(model, raw_model, optimizers, state, zero):
         set_optimizer_state_dict(model, optimizers, state, options=StateDictOptions(full_state_dict=True))
 
 
-def save_sharded(model, optimizers, train_state, path, master):
-    """Each rank writes its shards into path.tmp; rank 0 adds train_state.pt and renames the folder into place."""
+def save_sharded(model, optimizers, train_state, path, master, any_rank):
+    """Each rank writes its shards into path.tmp; rank 0 adds train_state.pt and swaps the folder into place.
+    Collective: any_rank(failure) tells every rank whether some rank failed. Returns '' or why this rank failed;
+    then every rank stops saving and the previous checkpoint (path included, if it was there) is left as it was."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
-    tmp = path + '.tmp'
-    if master and os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    dist.barrier()
-    model_state, optim_state = get_state_dict(model, optimizers)
-    dcp.save({'model': model_state, 'optimizer': optim_state}, checkpoint_id=tmp)
+    tmp, old = path + '.tmp', path + '.old'
+    failed = ''
     if master:
+        try:
+            for leftover in (tmp, old):  # a crash's leftovers
+                if os.path.exists(leftover):
+                    shutil.rmtree(leftover)
+        except OSError as e:
+            failed = f"could not remove {leftover}: {e.strerror or e}"
+    if any_rank(failed):
+        return failed
+    try:
+        model_state, optim_state = get_state_dict(model, optimizers)
+        dcp.save({'model': model_state, 'optimizer': optim_state}, checkpoint_id=tmp)
+    except Exception as e:  # torch.distributed.checkpoint gathers every rank's write errors and raises on each
+        failed = f"could not write {tmp}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    if any_rank(failed) or not master:
+        return failed
+    try:
         save(train_state, os.path.join(tmp, 'train_state.pt'))
-        os.replace(tmp, path)
-    dist.barrier()
+        if os.path.exists(path):  # resumed from an older checkpoint, training reached this iteration again
+            os.replace(path, old)  # a folder cannot be renamed over a non-empty one
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if os.path.exists(old):
+                os.replace(old, path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        failed = f"could not move {tmp} to {path}: {e.strerror or e}"
+    return failed
 
 
 def load_sharded(model, optimizers, path):

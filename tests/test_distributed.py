@@ -16,10 +16,10 @@ RUN = ['--max_iters=6', '--gradient_accumulation_steps=4', '--eval_interval=3', 
 TOLERANCE = 1e-6
 
 
-def torchrun(data_dir, out_dir, *args, check=True):
+def torchrun(data_dir, out_dir, *args, check=True, script=os.path.join(ROOT, 'train.py')):
     env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
     result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                             os.path.join(ROOT, 'train.py'), f'--data_dir={data_dir}', f'--out_dir={out_dir}',
+                             str(script), f'--data_dir={data_dir}', f'--out_dir={out_dir}',
                              *TINY_MODEL, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr[-3000:]
@@ -116,6 +116,31 @@ def test_resume_takes_new_hyperparameters_under_zero1_and_sharded_fsdp(runs, tmp
     dcp_to_torch_save(str(out / 'ckpt_4'), str(tmp_path / 'ckpt_4.pt'))
     groups = torch.load(tmp_path / 'ckpt_4.pt', weights_only=False)['optimizer']['param_groups']
     assert_optimizer_follows(groups, 3e-4, lr, 0.05, (0.8, 0.99))
+
+
+def test_rank_0_picks_the_checkpoint_and_a_rank_that_cannot_read_it_stops_every_rank(runs, tmp_path):
+    # rank 1 cannot read the checkpoint (a filesystem that is not shared, a read error): before, it fell back to
+    # an older one or none and the ranks trained from different iterations; now every rank stops with the reason
+    import shutil
+    root, data = runs
+    shutil.copytree(root / 'ddp', tmp_path / 'o')
+    wrapper = tmp_path / 'train_with_unreadable_rank_1.py'
+    wrapper.write_text(f"""import os, runpy, sys
+sys.path.insert(0, {ROOT!r})
+import checkpoint
+if os.environ['RANK'] == '1':
+    def unreadable(path):
+        raise OSError(5, 'Input/output error')
+    checkpoint.load = unreadable
+sys.argv[0] = {os.path.join(ROOT, 'train.py')!r}
+runpy.run_path(sys.argv[0], run_name='__main__')
+""")
+    r = torchrun(data, tmp_path / 'o', *RUN, '--max_iters=8', '--init_from=auto', check=False, script=wrapper)
+    ours = [line for line in r.stderr.splitlines() if line.startswith('error: ')]
+    assert r.returncode != 0 and len(ours) == 2, r.stderr[-3000:]
+    assert ours[0].startswith(f"error: rank 1 cannot read {tmp_path / 'o' / 'ckpt_6.pt'} (OSError")
+    assert ours[1] == f"error: not every rank could read {tmp_path / 'o' / 'ckpt_6.pt'} (the failing ranks say why)"
+    assert not os.path.exists(tmp_path / 'o' / 'ckpt_8.pt')
 
 
 def test_two_ranks_without_accumulation_are_bit_identical(runs, tmp_path):
@@ -216,3 +241,30 @@ def test_torchrun_restarts_a_killed_rank_from_the_last_checkpoint(tmp_path):
     logs = run_logs(tmp_path / 'ddp')
     assert len(logs) == 2 and logs[1]['startup_info']['resumed_from']['iter'] >= 50  # the restart resumed
     assert iteration_losses(tmp_path / 'ddp') == iteration_losses(tmp_path / 'single')
+
+
+def test_sharded_save_over_a_checkpoint_of_the_same_iteration(tmp_path, monkeypatch):
+    # after --resume_from an older sharded checkpoint, training writes ckpt_<iter>/ folders that already exist;
+    # a failed write must leave the one there intact and say why (train.py turns that into one line, exit 1)
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    import checkpoint as ckpt_files
+    dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = fully_shard(torch.nn.Linear(4, 4))
+        optimizer = torch.optim.AdamW(model.parameters())
+        path = str(tmp_path / 'ckpt_6')
+        for tag in ('first', 'second'):
+            assert ckpt_files.save_sharded(model, [optimizer], {'iter_num': 6, 'tag': tag}, path, True, bool) == ''
+            assert ckpt_files.load(path)['tag'] == tag and sorted(os.listdir(tmp_path)) == ['ckpt_6']
+        real_replace = os.replace
+
+        def full_disk(src, dst):
+            if src == path + '.tmp':
+                raise OSError(28, 'No space left on device')
+            real_replace(src, dst)
+        monkeypatch.setattr(os, 'replace', full_disk)
+        why = ckpt_files.save_sharded(model, [optimizer], {'iter_num': 6, 'tag': 'third'}, path, True, bool)
+        assert 'No space left on device' in why and ckpt_files.load(path)['tag'] == 'second'
+    finally:
+        dist.destroy_process_group()
