@@ -138,7 +138,8 @@ class Batches:
         return x.to(self.device), y.to(self.device)
 
     def random_rows(self, split, rng):
-        starts = rng.integers(0, self.streams[split].total - self.block - 1, size=self.batch_size)
+        # the last window that fits starts at total - (block + 1); integers() excludes its upper bound
+        starts = rng.integers(0, self.streams[split].total - self.block, size=self.batch_size)
         return self.streams[split].windows(starts, self.block + 1)
 
     def train(self, iteration, micro_step):
