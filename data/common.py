@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import urllib.request
 
@@ -44,22 +45,25 @@ def read_text_files(path):
     die(f"--input {path} does not exist")
 
 
+def download_file(url, dest):
+    """dest, downloaded from url first unless a previous download is there; streamed to disk (any size)."""
+    if not os.path.exists(dest):
+        tmp = dest + '.tmp'
+        try:
+            print(f"downloading {url}")
+            with urllib.request.urlopen(url, timeout=30) as response, open(tmp, 'wb') as f:
+                shutil.copyfileobj(response, f, 1 << 20)
+        except Exception as e:
+            die(f"could not download {url} ({type(e).__name__}); offline, pass --input PATH to a local copy")
+        os.replace(tmp, dest)
+    return dest
+
+
 def fetch_text(url, dest, args):
     """The source text: --input if given, else a previous download at dest, else download url to dest."""
     if args.input:
         return read_text_files(args.input)
-    if not os.path.exists(dest):
-        try:
-            print(f"downloading {url}")
-            with urllib.request.urlopen(url, timeout=30) as response:
-                data = response.read()
-        except Exception as e:
-            die(f"could not download {url} ({type(e).__name__}); offline, pass --input PATH to a local copy")
-        tmp = dest + '.tmp'
-        with open(tmp, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    return read_text_files(dest)
+    return read_text_files(download_file(url, dest))
 
 
 SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'

@@ -64,19 +64,61 @@ def test_shakespeare_gpt2_bpe(tmp_path):
     assert meta['vocab_size'] == 50257 and tok.encode('Hello world') == [15496, 995]
 
 
+def split_ids(out_dir, meta, split):
+    stream = TokenStream(str(out_dir), split, meta)
+    return stream.windows([0], stream.total)[0].tolist()
+
+
 @pytest.mark.skipif(not HAS_TIKTOKEN_CACHE, reason='no tiktoken cache in ../shared/data (GPT-2 BPE needs it offline)')
 def test_tinystories_end_of_text_between_stories(tmp_path):
-    stories = ['Once upon a time there was a cat.', 'The dog ran.\nIt was happy.', 'The end came.'] * 10
+    stories = ['Once upon a time there was a cat.', 'The dog ran.\nIt was happy.', 'The café was naïve — 😀.',
+               'The end came.'] * 8
     folder = tmp_path / 'src'
     folder.mkdir()
-    (folder / 'train.txt').write_text('\n\n'.join(stories[:24]))
+    (folder / 'train.txt').write_text('\n\n'.join(stories[:24]) + '\n \n\n')
     (folder / 'valid.txt').write_text('\n<|endoftext|>\n'.join(stories[24:]))  # both separators are understood
     prepare('tinystories', f'--input={folder}', f'--out_dir={tmp_path / "d"}')
     meta, tok = check_dataset(tmp_path / 'd')
-    val = np.fromfile(tmp_path / 'd' / 'val.bin', dtype=meta['dtype'])
-    assert (val == tok.eot).sum() == 6 and val[-1] == tok.eot
-    pieces = tok.decode(val).split('<|endoftext|>')[:-1]
-    assert pieces == stories[24:]
+    for split, told in (('train', stories[:24]), ('val', stories[24:])):
+        # the reference encoding, one end-of-text token after each story; bytes are the stories' own, no joins
+        assert split_ids(tmp_path / 'd', meta, split) == [i for s in told for i in tok.encode(s) + [tok.eot]]
+        assert meta[f'{split}_bytes'] == sum(len(s.encode('utf-8')) for s in told)
+        assert meta[f'{split}_documents'] == len(told)
+    assert 'already prepared' in prepare('tinystories', f'--input={folder}', f'--out_dir={tmp_path / "d"}').stdout
+
+
+# runs a script, then prints its peak resident memory in kB (VmHWM, unlike ru_maxrss, starts afresh at exec)
+PEAK_MEMORY = ("import runpy, sys\nsys.argv = sys.argv[1:]\n"
+               "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+               "finally:\n    print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
+
+
+@pytest.mark.skipif(not HAS_TIKTOKEN_CACHE, reason='no tiktoken cache in ../shared/data (GPT-2 BPE needs it offline)')
+@pytest.mark.skipif(not os.path.exists('/proc/self/status'), reason='peak memory is read from /proc (Linux)')
+def test_tinystories_memory_does_not_grow_with_the_corpus(tmp_path):
+    import random
+    import subprocess
+    import sys
+    from helpers import ROOT
+    rng = random.Random(0)
+    words = ['Once', 'upon', 'a', 'time', 'little', 'cat', 'dog', 'ran', 'happy', 'sun', 'tree', 'and', 'the']
+    peaks, sizes = [], []
+    for n in (100, 25_000):  # 50 kB and 12 MB of stories in one file, blank lines between them, 5% to val
+        text = '\n\n'.join(' '.join(rng.choice(words) for _ in range(rng.randint(20, 200))) + '.' for _ in range(n))
+        (tmp_path / f'{n}.txt').write_text(text)
+        r = subprocess.run([sys.executable, '-c', PEAK_MEMORY, os.path.join(ROOT, 'data', 'tinystories', 'prepare.py'),
+                            f'--input={tmp_path / f"{n}.txt"}', f'--out_dir={tmp_path / str(n)}', '--num_proc=1'],
+                           capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        meta, _ = check_dataset(tmp_path / str(n))
+        assert meta['train_documents'] + meta['val_documents'] == n
+        assert meta['train_bytes'] + meta['val_bytes'] == len(text.encode()) - 2 * (n - 1)  # less the blank lines
+        peaks.append(int(r.stdout.split()[-1]) * 1024)
+        sizes.append(len(text.encode()))
+    assert 0.03 < meta['val_documents'] / n < 0.07
+    # the whole prepare, in one process, grows by less than the corpus it reads: no step holds all of it
+    grown = peaks[1] - peaks[0]
+    assert grown < sizes[1], f"{grown / 2 ** 20:.1f} MiB more for {sizes[1] / 2 ** 20:.1f} MiB of stories"
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'tinystories')) or not HAS_TIKTOKEN_CACHE,

@@ -1,23 +1,24 @@
-"""TinyStories with the GPT-2 BPE, an end-of-text token after every story:
-python data/tinystories/prepare.py [--input FILE_OR_DIR]
+"""TinyStories with the GPT-2 BPE, an end-of-text token after every story, through the corpus engine
+(data/corpus.py: worker processes, memory bounded whatever the corpus size, resumable, token shards):
 
-Online it downloads the official train and validation files (about 2 GB). Offline, --input takes
-a folder holding files whose names contain 'train' and 'val' (e.g. ../shared/data/tinystories), or one
-file that is split 95/5 by story. Stories are separated by <|endoftext|> lines or by blank lines."""
+    python data/tinystories/prepare.py [--input FILE_OR_DIR] [--num_proc N]
+
+Online it downloads the official train and validation files (about 2 GB). Offline, --input takes a folder
+holding .txt files whose names contain 'train' and 'val' (e.g. ../shared/data/tinystories), or one file whose
+stories go to val by a hash of their text (5%). Stories are separated by <|endoftext|> or by blank lines; a file
+of the second kind is first rewritten, streaming, as .jsonl (one story a line) under out_dir/source/."""
+import hashlib
+import json
 import os
-import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import base_parser, die, fetch_text, gpt2_tokenizer, read_text_files, write_dataset  # noqa: E402
+import corpus  # noqa: E402
+from common import base_parser, die, download_file, gpt2_tokenizer  # noqa: E402
 
 BASE = 'https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/'
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def stories(text):
-    parts = text.split('<|endoftext|>') if '<|endoftext|>' in text else re.split(r'\n\s*\n', text)
-    return [s.strip() for s in parts if s.strip()]
+EOT = '<|endoftext|>'
 
 
 def find_split(folder, words):
@@ -25,30 +26,68 @@ def find_split(folder, words):
     return os.path.join(folder, names[0]) if names else None
 
 
-if __name__ == '__main__':
-    args = base_parser(__doc__, HERE).parse_args()
-    if args.input and os.path.isdir(args.input):
-        train_file, val_file = find_split(args.input, ['train']), find_split(args.input, ['val', 'valid'])
-        if not train_file or not val_file:
-            die(f"{args.input} needs a *train*.txt and a *val*.txt file")
-        train, val = stories(read_text_files(train_file)), stories(read_text_files(val_file))
-        source = args.input
-    elif args.input:
-        everything = stories(read_text_files(args.input))
-        n = int(0.95 * len(everything))
-        train, val, source = everything[:n], everything[n:], args.input
-    else:
-        args.input = None
-        train = stories(fetch_text(BASE + 'TinyStories-train.txt', os.path.join(HERE, 'input_train.txt'), args))
-        val = stories(fetch_text(BASE + 'TinyStories-valid.txt', os.path.join(HERE, 'input_val.txt'), args))
-        source = BASE
-    enc = gpt2_tokenizer()
+def blank_line_stories(path):
+    """The stories of a file separated by blank lines (as re.split(r'\\n\\s*\\n') cuts them), stripped, streamed."""
+    lines = []
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            if line.strip():
+                lines.append(line)
+            elif lines:
+                yield ''.join(lines).strip()
+                lines = []
+    if lines:
+        yield ''.join(lines).strip()
 
-    def encode(text):  # text here is the joined split; re-split and add an end-of-text token after each story
-        ids = []
-        for batch in enc.enc.encode_ordinary_batch(text.split('\x00')):
-            ids.extend(batch)
-            ids.append(enc.eot)
-        return ids
-    write_dataset(args.out_dir, enc, '\x00'.join(train), '\x00'.join(val), '\n\n'.join(train + val), source,
-                  encode=encode)
+
+def engine_input(path, staging):
+    """The file the engine reads for one input: the input itself when <|endoftext|> separates its stories, else a
+    .jsonl of its stories, written once (its name carries the input's path, size and mtime, so a rerun reuses it)."""
+    with open(path, 'rb') as f:
+        if corpus.find_from(f, EOT.encode(), 0) is not None:
+            if path.lower().endswith('.txt'):
+                return path
+            die(f"--input {path}: stories separated by {EOT} must be in a .txt file")
+    stat = os.stat(path)
+    stamp = hashlib.sha256(json.dumps([os.path.realpath(path), stat.st_size, stat.st_mtime_ns]).encode()).hexdigest()
+    dest = os.path.join(staging, f"{os.path.basename(path)}.{stamp[:16]}.jsonl")
+    if not os.path.exists(dest):
+        os.makedirs(staging, exist_ok=True)
+        with open(dest + '.tmp', 'w', encoding='utf-8') as out:
+            for story in blank_line_stories(path):
+                if story:
+                    out.write(json.dumps({'text': story}, ensure_ascii=False) + '\n')
+        os.replace(dest + '.tmp', dest)
+    return dest
+
+
+if __name__ == '__main__':
+    parser = base_parser(__doc__, HERE)
+    parser.add_argument('--num_proc', type=int, default=os.cpu_count() or 1, help='worker processes (all cores)')
+    parser.add_argument('--overwrite', action='store_true', help='replace a dataset prepared from other inputs')
+    args = parser.parse_args()
+    if args.input and os.path.isdir(args.input):
+        train, val = find_split(args.input, ['train']), find_split(args.input, ['val', 'valid'])
+        if not train or not val:
+            die(f"{args.input} needs a *train*.txt and a *val*.txt file")
+        train, val, source = [train], [val], args.input
+    elif args.input:
+        if not os.path.isfile(args.input):
+            die(f"--input {args.input} does not exist")
+        train, val, source = [args.input], [], args.input
+    else:
+        train = [download_file(BASE + 'TinyStories-train.txt', os.path.join(HERE, 'input_train.txt'))]
+        val = [download_file(BASE + 'TinyStories-valid.txt', os.path.join(HERE, 'input_val.txt'))]
+        source = BASE
+    staging = os.path.join(args.out_dir, 'source')
+    train, val = [engine_input(p, staging) for p in train], [engine_input(p, staging) for p in val]
+    try:
+        corpus.prepare(train, args.out_dir, gpt2_tokenizer(), val_inputs=val, val_fraction=0.05, doc_separator=EOT,
+                       num_proc=args.num_proc, overwrite=args.overwrite, source=source)
+    except corpus.PrepareError as e:
+        die(str(e))
+    except KeyboardInterrupt:
+        die("interrupted; run the same command again to continue where it stopped")
+    for name in os.listdir(staging) if os.path.isdir(staging) else []:  # copies of inputs no longer used
+        if os.path.join(staging, name) not in train + val:
+            os.remove(os.path.join(staging, name))
