@@ -17,6 +17,11 @@ How it works:
 - Parts are then concatenated in unit order into shards of about --shard_tokens tokens (train_000000.bin, ...,
   val_000000.bin), and meta.json, written last, lists them with their token, document and byte counts.
   The output bytes depend only on the inputs and the options, never on --num_proc.
+- A preparation is its fingerprint: the ordered plan of units (each file's real path, size and mtime, each unit's
+  split), the tokenizer with every option that changes its tokens (a hash of --sp_model or of a Hugging Face
+  folder), and the options. Only its own state is resumed (unit records, shards, tokenizer files). A rerun of a
+  finished one says so and exits; another into the same out_dir is refused, writing nothing, unless --overwrite,
+  which removes the old dataset (meta.json, shards, tokenizer files) once the new tokenizer is built.
 """
 import argparse
 import glob
@@ -479,11 +484,14 @@ def start(request, out_dir, plan, units, options, num_proc, replacing=None):
 
 
 def resumed_tokenizer(request, out_dir, units, options, num_proc):
-    """The Tokenizer an unfinished preparation built, its files already in out_dir."""
+    """The Tokenizer an unfinished preparation built, its files already in out_dir; None if they are gone."""
     if request == 'char' or isinstance(request, Tokenizer):
         return build_tokenizer(request, None, units, options, num_proc)
+    spec = FILE_SPECS[request['type']]
+    if not os.path.exists(os.path.join(out_dir, spec.get('model') or spec['path'])):
+        return None
     print(f"resuming with the {request['type']} tokenizer this preparation built before")
-    return Tokenizer(FILE_SPECS[request['type']], out_dir)
+    return Tokenizer(spec, out_dir)
 
 
 def run_pool(function, jobs, num_proc, initargs=None):
@@ -563,10 +571,11 @@ def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text
         stale.update(tokenizer_files(FILE_SPECS.get(plan.get('tokenizer', {}).get('type'), {})))
         shutil.rmtree(work_dir)
         plan = None
-    if plan is not None:
-        tokenizer = resumed_tokenizer(tokenizer, out_dir, units, options, num_proc)
-    else:
-        tokenizer = start(tokenizer, out_dir, {'fingerprint': key, 'units': len(units), 'tokenizer': identity},
+    request = tokenizer
+    tokenizer = resumed_tokenizer(request, out_dir, units, options, num_proc) if plan is not None else None
+    if tokenizer is None:
+        shutil.rmtree(work_dir, ignore_errors=True)  # units tokenized by a tokenizer that is gone are no use
+        tokenizer = start(request, out_dir, {'fingerprint': key, 'units': len(units), 'tokenizer': identity},
                           units, options, num_proc, stale if overwrite else None)
     spec = tokenizer.spec
     options['dtype'] = np.dtype(np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32).name

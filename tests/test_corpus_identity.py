@@ -110,11 +110,12 @@ def test_overwrite_over_an_unfinished_prepare_uses_the_new_tokenizer_options(tmp
 def hf_folder(path, words):
     """A tiny word-level Hugging Face tokenizer folder, built offline."""
     tokenizers = pytest.importorskip('tokenizers')
-    transformers = pytest.importorskip('transformers', reason='transformers is not installed (pip install transformers)')
+    transformers = pytest.importorskip('transformers', reason='transformers is not installed')
     vocab = {w: i for i, w in enumerate(['[UNK]', '</s>', *words])}
     model = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='[UNK]'))
     model.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=model, unk_token='[UNK]', eos_token='</s>').save_pretrained(path)
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=model, unk_token='[UNK]', eos_token='</s>')
+    hf.save_pretrained(path)
     return str(path)
 
 
@@ -156,3 +157,15 @@ def test_overwrite_never_keeps_shards_or_tokenizer_files_of_the_old_dataset(tmp_
     fresh = tmp_path / 'fresh_small'
     prepare(*base[:2], f'--out_dir={fresh}', '--shard_tokens=300', '--tokenizer=char')
     assert tree_bytes(out) == tree_bytes(fresh)
+
+
+def test_a_resume_whose_tokenizer_files_are_gone_starts_over(tmp_path, monkeypatch):
+    source = jsonl(tmp_path / 'docs.jsonl', texts(150))
+    base = [f'--input={source}', f'--out_dir={tmp_path / "d"}', '--tokenizer=sentencepiece', '--vocab_size=300']
+    with monkeypatch.context() as m:
+        m.setattr(corpus, 'write_shards', stop)
+        prepare(*base, code=2)
+    os.remove(tmp_path / 'd' / 'tokenizer.model')
+    prepare(*base)
+    prepare(*base[:1], f'--out_dir={tmp_path / "fresh"}', *base[2:])
+    assert split_tokens(tmp_path / 'd', 'train') == split_tokens(tmp_path / 'fresh', 'train')
