@@ -77,7 +77,7 @@ def test_tinystories_end_of_text_between_stories(tmp_path):
     folder.mkdir()
     (folder / 'train.txt').write_text('\n\n'.join(stories[:24]) + '\n \n\n')
     (folder / 'valid.txt').write_text('\n<|endoftext|>\n'.join(stories[24:]))  # both separators are understood
-    prepare('tinystories', f'--input={folder}', f'--out_dir={tmp_path / "d"}')
+    prepare('tinystories', f'--input={folder}', f'--out_dir={tmp_path / "d"}', '--num_proc=1')
     meta, tok = check_dataset(tmp_path / 'd')
     for split, told in (('train', stories[:24]), ('val', stories[24:])):
         # the reference encoding, one end-of-text token after each story; bytes are the stories' own, no joins
@@ -104,7 +104,7 @@ def test_tinystories_memory_does_not_grow_with_the_corpus(tmp_path):
     words = ['Once', 'upon', 'a', 'time', 'little', 'cat', 'dog', 'ran', 'happy', 'sun', 'tree', 'and', 'the']
     peaks, sizes = [], []
     for n in (100, 25_000):  # 50 kB and 12 MB of stories in one file, blank lines between them, 5% to val
-        text = '\n\n'.join(' '.join(rng.choice(words) for _ in range(rng.randint(20, 200))) + '.' for _ in range(n))
+        text = '\n\n'.join(' '.join(rng.choices(words, k=rng.randint(20, 200))) + '.' for _ in range(n))
         (tmp_path / f'{n}.txt').write_text(text)
         r = subprocess.run([sys.executable, '-c', PEAK_MEMORY, os.path.join(ROOT, 'data', 'tinystories', 'prepare.py'),
                             f'--input={tmp_path / f"{n}.txt"}', f'--out_dir={tmp_path / str(n)}', '--num_proc=1'],
@@ -124,7 +124,8 @@ def test_tinystories_memory_does_not_grow_with_the_corpus(tmp_path):
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'tinystories')) or not HAS_TIKTOKEN_CACHE,
                     reason='../shared/data/tinystories not present')
 def test_tinystories_shared_sample(tmp_path):
-    prepare('tinystories', f'--input={os.path.join(SHARED, "tinystories")}', f'--out_dir={tmp_path / "d"}')
+    prepare('tinystories', f'--input={os.path.join(SHARED, "tinystories")}', f'--out_dir={tmp_path / "d"}',
+            '--num_proc=1')
     meta, _ = check_dataset(tmp_path / 'd')
     assert meta['train_tokens'] > 100_000
 
