@@ -329,7 +329,11 @@ if fsdp:
 else:
     if compile:
         raw_model.compile(mode=compile_mode, dynamic=compile_dynamic)  # in place: no _orig_mod. in state_dict keys
-    model = DDP(raw_model, device_ids=[local_rank] if device_type == 'cuda' else None) if distributed else raw_model
+    # broadcast_buffers=False: no buffer is state that ranks must share (the RoPE tables are constants, MoE's
+    # expert_fraction is each rank's own statistic, rewritten every forward), so DDP's broadcast before every
+    # forward would be traffic for nothing
+    model = DDP(raw_model, device_ids=[local_rank] if device_type == 'cuda' else None,
+                broadcast_buffers=False) if distributed else raw_model
 optimizers = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, optimizer, zero)
 for _group in (g for opt in optimizers for g in opt.param_groups):
     _group['base_lr'] = _group['lr']  # the schedule scales every group's own learning rate

@@ -118,24 +118,26 @@ def test_resume_takes_new_hyperparameters_under_zero1_and_sharded_fsdp(runs, tmp
     assert_optimizer_follows(groups, 3e-4, lr, 0.05, (0.8, 0.99))
 
 
+def wrapped_train(tmp_path, prelude):
+    """A script that runs `prelude` (Python, with os, sys and ROOT's modules importable) and then train.py."""
+    script = tmp_path / 'wrapped_train.py'
+    script.write_text(f"import atexit, os, runpy, sys\nsys.path.insert(0, {ROOT!r})\n{prelude}\n"
+                      f"sys.argv[0] = {os.path.join(ROOT, 'train.py')!r}\nrunpy.run_path(sys.argv[0], run_name='__main__')\n")
+    return script
+
+
 def test_rank_0_picks_the_checkpoint_and_a_rank_that_cannot_read_it_stops_every_rank(runs, tmp_path):
     # rank 1 cannot read the checkpoint (a filesystem that is not shared, a read error): before, it fell back to
     # an older one or none and the ranks trained from different iterations; now every rank stops with the reason
     import shutil
     root, data = runs
     shutil.copytree(root / 'ddp', tmp_path / 'o')
-    wrapper = tmp_path / 'train_with_unreadable_rank_1.py'
-    wrapper.write_text(f"""import os, runpy, sys
-sys.path.insert(0, {ROOT!r})
-import checkpoint
+    script = wrapped_train(tmp_path, """import checkpoint
 if os.environ['RANK'] == '1':
     def unreadable(path):
         raise OSError(5, 'Input/output error')
-    checkpoint.load = unreadable
-sys.argv[0] = {os.path.join(ROOT, 'train.py')!r}
-runpy.run_path(sys.argv[0], run_name='__main__')
-""")
-    r = torchrun(data, tmp_path / 'o', *RUN, '--max_iters=8', '--init_from=auto', check=False, script=wrapper)
+    checkpoint.load = unreadable""")
+    r = torchrun(data, tmp_path / 'o', *RUN, '--max_iters=8', '--init_from=auto', check=False, script=script)
     ours = [line for line in r.stderr.splitlines() if line.startswith('error: ')]
     assert r.returncode != 0 and len(ours) == 2, r.stderr[-3000:]
     assert ours[0].startswith(f"error: rank 1 cannot read {tmp_path / 'o' / 'ckpt_6.pt'} (OSError")
@@ -148,8 +150,19 @@ def test_two_ranks_without_accumulation_are_bit_identical(runs, tmp_path):
     args = ['--max_iters=5', '--gradient_accumulation_steps=2', '--eval_interval=100', '--log_interval=1',
             '--dropout=0.1']  # dropout masks follow the global micro-step, so they match too
     train(data, tmp_path / 'single', *args)
-    torchrun(data, tmp_path / 'ddp', *args, '--parallelism=ddp')
+    # and DDP broadcasts the buffers once, when it starts, not before every forward (none changes in training)
+    script = wrapped_train(tmp_path, """import torch.distributed as dist
+calls = [0]
+broadcast = dist._broadcast_coalesced
+def counted(*a, **k):
+    calls[0] += 1
+    return broadcast(*a, **k)
+dist._broadcast_coalesced = counted
+atexit.register(lambda: print(f"rank {os.environ['RANK']}: {calls[0]} broadcasts", flush=True))""")
+    r = torchrun(data, tmp_path / 'ddp', *args, '--parallelism=ddp', script=script)
     assert iteration_losses(tmp_path / 'ddp') == iteration_losses(tmp_path / 'single')
+    counts = [line.split('rank ')[1] for line in r.stdout.splitlines() if 'broadcasts' in line]
+    assert sorted(counts) == ['0: 1 broadcasts', '1: 1 broadcasts'], r.stdout[-2000:]
 
 
 def test_moe_expert_shares_under_ddp_equal_one_process(runs, tmp_path):
