@@ -79,15 +79,18 @@ def cpu_peak_cache_path():
 
 
 def _matmul_tflops(dtype, size, repeats):
+    """(best TFLOP/s of repeats size x size matmuls in dtype, seconds the first one took)."""
     a = torch.randn(size, size).to(getattr(torch, dtype))
     b = torch.randn(size, size).to(getattr(torch, dtype))
+    start = time.perf_counter()
     a @ b  # warm-up: thread pool, packing buffers
+    first = time.perf_counter() - start
     best = float('inf')
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best / 1e12
+    return 2 * size ** 3 / best / 1e12, first
 
 
 def measure_cpu_peak_tflops(dtype, sizes=(1024, 2048, 3072), repeats=5):
@@ -102,9 +105,17 @@ def measure_cpu_peak_tflops(dtype, sizes=(1024, 2048, 3072), repeats=5):
     except (OSError, ValueError):
         cache = {}
     if key not in cache:
-        best = max(_matmul_tflops(dtype, size, repeats) for size in sizes)
+        best, measured = _matmul_tflops(dtype, 256, repeats)[0], [256]
+        seconds = 2 * 256 ** 3 / best / 1e12
+        for size in sizes:
+            # a CPU without fast units for the dtype (bf16 without AVX-512 or AMX: a 3072 matmul takes a minute)
+            # is measured on the sizes that take seconds, not minutes
+            if seconds * (size / measured[-1]) ** 3 * (repeats + 1) > 5:
+                break
+            tflops, seconds = _matmul_tflops(dtype, size, repeats)
+            best, measured = max(best, tflops), measured + [size]
         cache[key] = {'tflops': best, 'measured': time.strftime('%Y-%m-%d %H:%M'),
-                      'how': f'best of {repeats} matmuls at each of sizes {", ".join(map(str, sizes))}'}
+                      'how': f'best of {repeats} matmuls at each of sizes {", ".join(map(str, measured))}'}
         try:  # a read-only home only costs the next run a new measurement
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path + f'.{os.getpid()}.tmp', 'w') as f:

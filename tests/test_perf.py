@@ -53,12 +53,25 @@ def test_cpu_peak_is_measured_once_per_machine_and_mfu_arithmetic(tmp_path, monk
     assert 0.001 < peak < 100 and why.startswith('measured float32 matmul') and str(tmp_path) in why
     cache = json.load(open(tmp_path / 'cpu_peak.json'))
     (key, entry), = cache.items()
-    assert 'float32' in key and 'torch' in key and entry['tflops'] == peak and 'sizes 1024, 2048, 3072' in entry['how']
+    assert 'float32' in key and 'torch' in key and entry['tflops'] == peak and 'sizes 256, 1024' in entry['how']
     entry['tflops'] = 0.123  # later runs read the cached figure: MFUs of one machine compare
     (tmp_path / 'cpu_peak.json').write_text(json.dumps(cache))
     assert perf.peak_tflops('cpu', 'cpu', 'float32')[0] == 0.123
     assert perf.mfu(6e9, 1000, 100.0, world_size=2) == pytest.approx(0.03)  # 6e12 FLOP/s over 2 x 100 TFLOP/s
     assert perf.mfu(6e9, 1000, None) is None
+
+
+def test_a_dtype_this_cpu_runs_slowly_is_measured_on_small_sizes_only(tmp_path, monkeypatch):
+    # bf16 on a CPU without AVX-512/AMX runs at ~1 GFLOP/s: a 3072 matmul would take a minute per repeat
+    monkeypatch.setenv('MODGPT_CACHE_DIR', str(tmp_path))
+    sizes = []
+
+    def slow(dtype, size, repeats):  # 4 GFLOP/s
+        sizes.append(size)
+        return 4e-3, 2 * size ** 3 / 4e9
+    monkeypatch.setattr(perf, '_matmul_tflops', slow)
+    assert perf.measure_cpu_peak_tflops('bfloat16')[0] == 4e-3
+    assert sizes == [256, 1024]  # 2048 would take 6 x 4.3 s
 
 
 def test_training_logs_mfu_fields(data, tmp_path):
