@@ -17,6 +17,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from process_group import any_rank, from_rank_0
+
 # torch.distributed.checkpoint is imported inside the functions that use it: it adds a second to every start-up
 
 
@@ -71,6 +73,46 @@ def load_newest(paths):
     return None, None
 
 
+class ResumeError(Exception):
+    """Why a run cannot resume, in one line (the same on every rank)."""
+
+
+def load_for_resume(out_dir, resume_from='', eval_only=False):
+    """(checkpoint, path) that every rank resumes from. Collective: rank 0 picks the newest checkpoint that loads
+    (resume_from, else out_dir's ckpt_<iter>, else best.pt for eval_only) and the other ranks load that path, so
+    none falls back to another one (a filesystem not shared by all nodes, a read error); all then check that
+    they read the same iteration."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    problem = path = checkpoint = None
+    if rank == 0:
+        if resume_from:
+            candidates = [resume_from] if os.path.exists(resume_from) else []
+            problem = None if candidates else f"resume_from={resume_from!r}: no such file"
+        else:
+            candidates = list_checkpoints(out_dir)
+            if eval_only and not candidates and os.path.isfile(os.path.join(out_dir, 'best.pt')):
+                candidates = [os.path.join(out_dir, 'best.pt')]
+            problem = None if candidates else f"no checkpoint to resume in {out_dir!r} (looked for ckpt_<iter>.pt)"
+        if candidates:
+            checkpoint, path = load_newest(candidates)
+            problem = None if checkpoint is not None else f"no loadable checkpoint among {', '.join(candidates)}"
+    problem, path = from_rank_0((problem, path))
+    if problem:
+        raise ResumeError(problem)
+    if rank != 0:
+        try:
+            checkpoint = load(path)
+        except Exception as e:  # only this rank knows: it says so
+            print(f"error: rank {rank} cannot read {path} ({type(e).__name__}: {e}); every rank must see the "
+                  f"checkpoint rank 0 resumes (a filesystem shared by all nodes)", file=sys.stderr)
+    if any_rank(checkpoint is None):
+        raise ResumeError(f"not every rank could read {path} (the failing ranks say why)")
+    first = from_rank_0(checkpoint['iter_num'])
+    if any_rank(checkpoint['iter_num'] != first):
+        raise ResumeError(f"ranks read different checkpoints from {path}: rank 0 is at iteration {first}")
+    return checkpoint, path
+
+
 def _zero_names(raw_model, optimizer):
     """Parameter names in the order ZeroRedundancyOptimizer numbers them (its param groups, concatenated)."""
     names = {id(p): n for n, p in raw_model.named_parameters()}
@@ -112,10 +154,10 @@ def load_optimizer_state(model, raw_model, optimizers, state, zero):
         set_optimizer_state_dict(model, optimizers, state, options=StateDictOptions(full_state_dict=True))
 
 
-def save_sharded(model, optimizers, train_state, path, master, any_rank):
+def save_sharded(model, optimizers, train_state, path, master):
     """Each rank writes its shards into path.tmp; rank 0 adds train_state.pt and swaps the folder into place.
-    Collective: any_rank(failure) tells every rank whether some rank failed. Returns '' or why this rank failed;
-    then every rank stops saving and the previous checkpoint (path included, if it was there) is left as it was."""
+    Collective. Returns '' or why this rank failed; if any rank fails, every rank stops saving and the previous
+    checkpoint (path included, if it was there) is left as it was."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     tmp, old = path + '.tmp', path + '.old'

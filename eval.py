@@ -22,6 +22,7 @@ import torch.distributed as dist
 import convert
 import downstream
 import perf
+import process_group
 from configurator import configure
 from tokenizer import Tokenizer
 
@@ -74,11 +75,8 @@ except downstream.EvalError as e:
     die(str(e))
 if device == 'auto':
     device = perf.default_device()
-if distributed:
-    if device.startswith('cuda'):
-        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
-        torch.cuda.set_device(device)
-    dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
+if distributed:  # the same restart-safe rendezvous as train.py's
+    device = process_group.init(device)
 device_type = device.split(':')[0]
 if dtype == 'auto':
     dtype = perf.auto_dtype(device_type)
@@ -88,16 +86,11 @@ if compile:
     model.compile(dynamic=True)  # rows of every length
 
 
-def reduce(t):
-    dist.all_reduce(t)
-    return t
-
-
 started = time.time()
 try:
     results = downstream.evaluate(model, tokenizer, task_list, model.config.block_size, device, autocast,
                                   limit=limit or None, data_dir=evals_dir, rank=rank, world_size=world_size,
-                                  reduce=reduce if distributed else None, batch_tokens=batch_tokens)
+                                  reduce=process_group.sum_over_ranks if distributed else None, batch_tokens=batch_tokens)
 except (downstream.EvalError, RuntimeError, OSError) as e:
     # only this rank knows: it says so itself (torchrun then stops the ranks waiting for its sums)
     print(f"error: {f'rank {rank}: ' if distributed else ''}{str(e).splitlines()[0]}", file=sys.stderr)

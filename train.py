@@ -30,6 +30,8 @@ import downstream
 from configurator import configure
 import monitor
 import perf
+import process_group
+from process_group import any_rank, from_rank_0, sum_over_ranks
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
 
@@ -168,33 +170,7 @@ if dtype == 'auto':
 if dtype not in ('float32', 'bfloat16', 'float16'):
     die(f"dtype={dtype!r} is invalid; allowed: auto, float32, bfloat16, float16")
 if distributed:
-    if device_type == 'cuda':
-        device = f'cuda:{local_rank}'
-        torch.cuda.set_device(device)
-    # ranks restarted by torchrun (--max-restarts) meet in the same store as the ranks before them: keys under a
-    # prefix of their own, so no rank reads a dead one's address
-    _store, _, _ = next(dist.rendezvous('env://', rank, world_size))
-    _store = dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", _store)
-    dist.init_process_group('nccl' if device_type == 'cuda' else 'gloo', store=_store, rank=rank, world_size=world_size)
-
-
-def from_rank_0(value):
-    """Rank 0's value on every rank: one process decides what exists on disk, so no rank takes another path."""
-    if distributed:
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        value = box[0]
-    return value
-
-
-def any_rank(flag):
-    """Collective: whether flag is set on any rank (one process: flag itself)."""
-    if not distributed:
-        return bool(flag)
-    t = torch.tensor([float(bool(flag))], device=device)
-    dist.all_reduce(t)
-    return bool(t.item())
-
+    device = process_group.init(device)
 
 checkpoint = None
 if init_from == 'auto':
@@ -202,40 +178,18 @@ if init_from == 'auto':
     say(f"init_from='auto': " + ('resuming' if init_from == 'resume' else
                                   f"no checkpoint in {out_dir!r}, starting from scratch"))
 if init_from == 'resume' or eval_only:
-    problem = path = None
-    if master:  # rank 0 picks the checkpoint (the newest that loads), every rank loads that one
-        if resume_from:
-            candidates = [resume_from] if os.path.exists(resume_from) else []
-            problem = None if candidates else f"resume_from={resume_from!r}: no such file"
-        else:
-            candidates = ckpt_files.list_checkpoints(out_dir)
-            if eval_only and not candidates and os.path.isfile(os.path.join(out_dir, 'best.pt')):
-                candidates = [os.path.join(out_dir, 'best.pt')]
-            problem = None if candidates else f"no checkpoint to resume in {out_dir!r} (looked for ckpt_<iter>.pt)"
-        if candidates:
-            checkpoint, path = ckpt_files.load_newest(candidates)
-            problem = None if checkpoint is not None else f"no loadable checkpoint among {', '.join(candidates)}"
-    problem, path = from_rank_0((problem, path))
-    if problem:
-        die(problem)
-    if not master:
-        try:
-            checkpoint = ckpt_files.load(path)
-        except Exception as e:
-            print(f"error: rank {rank} cannot read {path} ({type(e).__name__}: {e}); every rank must see the "
-                  f"checkpoint rank 0 resumes (a filesystem shared by all nodes)", file=sys.stderr)
-    if any_rank(checkpoint is None):
-        die(f"not every rank could read {path} (the failing ranks say why)")
-    iters = from_rank_0(checkpoint['iter_num'])
-    if any_rank(checkpoint['iter_num'] != iters):
-        die(f"ranks read different checkpoints from {path}: rank 0 is at iteration {iters}")
+    try:  # rank 0 picks the checkpoint, every rank loads that one
+        checkpoint, path = ckpt_files.load_for_resume(out_dir, resume_from, eval_only)
+    except ckpt_files.ResumeError as e:
+        die(str(e))
     if 'sharded' in checkpoint and (parallelism != 'fsdp' or checkpoint['world_size'] != world_size):
         die(f"{path} is a sharded checkpoint from {checkpoint['world_size']} FSDP ranks; resume it with "
             f"parallelism='fsdp' on {checkpoint['world_size']} ranks")
     seed = checkpoint['seed']  # the data stream is a function of the seed: keep the run's
     say(f"resuming from {path} (iteration {checkpoint['iter_num']})")
 stale_files = []  # a fresh run's leftovers, removed only once every check has passed
-if checkpoint is None and (ckpt_files.list_checkpoints(out_dir) or os.path.exists(os.path.join(out_dir, 'best.pt'))):
+if checkpoint is None and from_rank_0(bool(ckpt_files.list_checkpoints(out_dir) or
+                                            os.path.exists(os.path.join(out_dir, 'best.pt')))):
     if not overwrite:
         die(f"{out_dir!r} already holds checkpoints; use --init_from=resume to continue or --overwrite=True to start over")
     stale_files = ckpt_files.list_checkpoints(out_dir) + glob.glob(os.path.join(out_dir, 'best.pt')) + \
@@ -369,12 +323,6 @@ flops_per_token = raw_model.flops_per_token()
 attention_flops, ffn_flops = raw_model.flops_breakdown()
 
 
-def sum_over_ranks(t):
-    if distributed:
-        dist.all_reduce(t)
-    return t
-
-
 stop_request = None  # 'interrupted' (Ctrl-C) or 'preempted' (SIGTERM, SIGUSR1: a scheduler taking the machine back)
 
 
@@ -493,7 +441,7 @@ def save_checkpoint(reason, best=False):
     }
     path = os.path.join(out_dir, f'ckpt_{iter_num}')
     if checkpoint_format == 'sharded':
-        failed = ckpt_files.save_sharded(model, optimizers, train_state, path, master, any_rank)
+        failed = ckpt_files.save_sharded(model, optimizers, train_state, path, master)
     else:
         model_state, optim_state = ckpt_files.full_state(model, raw_model, optimizers, zero)
         path += '.pt'

@@ -268,7 +268,7 @@ def test_sharded_save_over_a_checkpoint_of_the_same_iteration(tmp_path, monkeypa
         optimizer = torch.optim.AdamW(model.parameters())
         path = str(tmp_path / 'ckpt_6')
         for tag in ('first', 'second'):
-            assert ckpt_files.save_sharded(model, [optimizer], {'iter_num': 6, 'tag': tag}, path, True, bool) == ''
+            assert ckpt_files.save_sharded(model, [optimizer], {'iter_num': 6, 'tag': tag}, path, True) == ''
             assert ckpt_files.load(path)['tag'] == tag and sorted(os.listdir(tmp_path)) == ['ckpt_6']
         real_replace = os.replace
 
@@ -277,7 +277,7 @@ def test_sharded_save_over_a_checkpoint_of_the_same_iteration(tmp_path, monkeypa
                 raise OSError(28, 'No space left on device')
             real_replace(src, dst)
         monkeypatch.setattr(os, 'replace', full_disk)
-        why = ckpt_files.save_sharded(model, [optimizer], {'iter_num': 6, 'tag': 'third'}, path, True, bool)
+        why = ckpt_files.save_sharded(model, [optimizer], {'iter_num': 6, 'tag': 'third'}, path, True)
         assert 'No space left on device' in why and ckpt_files.load(path)['tag'] == 'second'
     finally:
         dist.destroy_process_group()

@@ -81,7 +81,7 @@ def test_logged_loss_is_mean_over_micro_steps(data, tmp_path):
     tokens = np.memmap(os.path.join(data, 'train.bin'), dtype=np.uint16, mode='r')
     losses = []
     for micro in range(3):
-        starts = np.random.default_rng([7, 0, 0, micro]).integers(0, len(tokens) - 16 - 1, size=4)
+        starts = np.random.default_rng([7, 0, 0, micro]).integers(0, len(tokens) - 16, size=4)  # last start included
         x = torch.tensor(np.stack([tokens[i:i + 16] for i in starts]).astype(np.int64))
         y = torch.tensor(np.stack([tokens[i + 1:i + 17] for i in starts]).astype(np.int64))
         losses.append(model(x, y)[1].item())

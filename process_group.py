@@ -1,0 +1,48 @@
+"""
+The process group of a torchrun launch, and the collectives through which train.py and eval.py ranks agree.
+
+In one process (no torchrun, so no group) each function works on this process's own value.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init(device):
+    """Join the launch's process group (NCCL on GPUs, gloo on CPUs); returns this rank's device."""
+    rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    if device.startswith('cuda'):
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+        torch.cuda.set_device(device)
+    # ranks restarted by torchrun (--max-restarts) meet in the same store as the ranks before them: keys under a
+    # prefix of their own, so no rank reads a dead one's address
+    store, _, _ = next(dist.rendezvous('env://', rank, world_size))
+    store = dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo', store=store, rank=rank,
+                            world_size=world_size)
+    return device
+
+
+def sum_over_ranks(t):
+    """In place: t summed over every rank."""
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def any_rank(flag):
+    """Whether flag is set on any rank: every rank gets the same answer."""
+    if not dist.is_initialized():
+        return bool(flag)
+    device = f'cuda:{torch.cuda.current_device()}' if dist.get_backend() == 'nccl' else 'cpu'
+    return bool(sum_over_ranks(torch.tensor([float(bool(flag))], device=device)).item())
+
+
+def from_rank_0(value):
+    """Rank 0's value (any picklable object) on every rank: one process decides, so no rank takes another path."""
+    if dist.is_initialized():
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        value = box[0]
+    return value
