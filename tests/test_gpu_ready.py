@@ -120,8 +120,10 @@ def test_moe_compiles_with_inductor_and_equals_the_loop():
     compiled = loss_and_grads(torch.compile(moe, fullgraph=True))
     moe.dispatch = moe.dispatch_loop  # the eager reference: the per-expert loop
     expected = loss_and_grads(moe)
+    # inductor's kernels sum in another order, and the order differs with the CPU's vector width (AVX2 here
+    # gives 2e-6 on an output near zero, AVX-512 less): float rounding, not a wrong dispatch
     for a, b in zip([compiled[0], *compiled[1]], [expected[0], *expected[1]]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('preset', list(PRESETS))

@@ -4,6 +4,7 @@ import runpy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -464,3 +465,17 @@ def test_expert_fractions_sum_to_one():
 def test_invalid_configs_raise_clear_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         GPTConfig(**kw)
+
+
+def test_moe_router_runs_in_fp32_under_bf16_autocast(monkeypatch):
+    # a bf16 router rounds the logits and routes some tokens to other experts (bench/moe_router_precision.py)
+    torch.manual_seed(0)
+    config = _preset('moe')
+    moe = GPT(config).blocks[0].ffn
+    x = torch.randn(2, 8, config.n_embd)
+    seen, softmax = [], F.softmax
+    monkeypatch.setattr(F, 'softmax', lambda logits, dim: seen.append(logits) or softmax(logits, dim=dim))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        moe(x)
+    assert seen[0].dtype == torch.float32
+    assert torch.equal(seen[0], F.linear(x.reshape(-1, config.n_embd), moe.router.weight))
