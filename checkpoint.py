@@ -59,6 +59,17 @@ def list_checkpoints(directory):
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def recover_interrupted_swap(directory):
+    """A crash while save_sharded swapped ckpt_<iter>.tmp/ in for an existing ckpt_<iter>/ can leave the old one
+    as ckpt_<iter>.old/ and no ckpt_<iter>/: put back the new one if it is complete, else the old. Rank 0 only."""
+    for old in glob.glob(os.path.join(directory, 'ckpt_*.old')):
+        path, tmp = old[:-len('.old')], old[:-len('.old')] + '.tmp'
+        if os.path.exists(path):
+            continue
+        complete = all(os.path.isfile(os.path.join(tmp, f)) for f in ('.metadata', 'train_state.pt'))
+        os.replace(tmp if complete else old, path)
+
+
 def remove(path):
     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
@@ -159,6 +170,7 @@ def save_sharded(model, optimizers, train_state, path, master):
     Collective. Returns '' or why this rank failed; if any rank fails, every rank stops saving and the previous
     checkpoint (path included, if it was there) is left as it was."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict
     tmp, old = path + '.tmp', path + '.old'
     failed = ''
@@ -171,12 +183,15 @@ def save_sharded(model, optimizers, train_state, path, master):
             failed = f"could not remove {leftover}: {e.strerror or e}"
     if any_rank(failed):
         return failed
+    model_state, optim_state = get_state_dict(model, optimizers)
     try:
-        model_state, optim_state = get_state_dict(model, optimizers)
         dcp.save({'model': model_state, 'optimizer': optim_state}, checkpoint_id=tmp)
-    except Exception as e:  # torch.distributed.checkpoint gathers every rank's write errors and raises on each
-        failed = f"could not write {tmp}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-    if any_rank(failed) or not master:
+    except CheckpointException as e:  # gathers every rank's write errors and raises on each (a BaseException)
+        exc = next(iter(e.failures.values()))[0]
+        cause = getattr(exc, 'strerror', None) or str(exc) or type(exc).__name__
+        failed = f"could not write {tmp}: {cause.splitlines()[0]}"
+        return failed if master else ''  # the same verdict on every rank: rank 0 says it
+    if not master:
         return failed
     try:
         save(train_state, os.path.join(tmp, 'train_state.pt'))

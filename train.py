@@ -118,11 +118,13 @@ master = rank == 0
 
 
 def die(message):
-    # every rank reaches the same verdict before any collective, so all exit and none hangs
+    # for verdicts every rank reaches alike, none in the middle of a collective: all exit and none hangs
     if master:
         print(f"error: {message}", file=sys.stderr)
     else:
         time.sleep(3)  # torchrun stops every worker once one exits: let rank 0 say why first
+    if dist.is_initialized():
+        dist.destroy_process_group()
     sys.exit(2)
 
 
@@ -173,6 +175,8 @@ if distributed:
     device = process_group.init(device)
 
 checkpoint = None
+if master and os.path.isdir(out_dir):
+    ckpt_files.recover_interrupted_swap(out_dir)
 if init_from == 'auto':
     init_from = from_rank_0('resume' if ckpt_files.list_checkpoints(out_dir) or resume_from else 'scratch')
     say(f"init_from='auto': " + ('resuming' if init_from == 'resume' else

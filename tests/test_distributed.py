@@ -279,5 +279,18 @@ def test_sharded_save_over_a_checkpoint_of_the_same_iteration(tmp_path, monkeypa
         monkeypatch.setattr(os, 'replace', full_disk)
         why = ckpt_files.save_sharded(model, [optimizer], {'iter_num': 6, 'tag': 'third'}, path, True)
         assert 'No space left on device' in why and ckpt_files.load(path)['tag'] == 'second'
+        monkeypatch.setattr(os, 'replace', real_replace)
+        # a shard write that fails (on any rank) comes back as one line, not a CheckpointException traceback
+        from torch.distributed.checkpoint.filesystem import FileSystemWriter
+
+        def disk_full(*args, **kwargs):
+            raise OSError(28, 'No space left on device')
+        monkeypatch.setattr(FileSystemWriter, 'write_data', disk_full)
+        why = ckpt_files.save_sharded(model, [optimizer], {'iter_num': 6, 'tag': 'fourth'}, path, True)
+        assert why == f"could not write {path}.tmp: No space left on device" and ckpt_files.load(path)['tag'] == 'second'
+        # killed between the two renames of a swap: the old folder is put back (the new one was incomplete)
+        os.replace(path, path + '.old')
+        ckpt_files.recover_interrupted_swap(str(tmp_path))
+        assert ckpt_files.load(path)['tag'] == 'second' and not os.path.exists(path + '.old')
     finally:
         dist.destroy_process_group()
