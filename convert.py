@@ -80,15 +80,16 @@ def hf_family(c):
     return 'mixtral' if c.n_expert else 'llama'
 
 
-def to_hf(config, state, eot=None):
+def to_hf(config, state, eot=None, bos=None):
     """(transformers config, HF-named state dict) of a modgpt model. eot: the end-of-text id of its tokenizer, which
-    generate() stops at (documents also start after one, so it is the BOS id too); None: no such token."""
+    generate() stops at; bos: its beginning-of-text id (default eot: documents start after one); None: none."""
+    bos = eot if bos is None else bos
     transformers = require('transformers')
     c, family = config, hf_family(config)
     hd, H, KV = c.head_dim, c.n_head, c.kv_heads
     out = {}
     if family == 'gpt2':
-        hf = transformers.GPT2Config(vocab_size=c.vocab_size, bos_token_id=eot, eos_token_id=eot, n_positions=c.block_size, n_embd=c.n_embd,
+        hf = transformers.GPT2Config(vocab_size=c.vocab_size, bos_token_id=bos, eos_token_id=eot, n_positions=c.block_size, n_embd=c.n_embd,
                                      n_layer=c.n_layer, n_head=c.n_head, n_inner=c.ffn_hidden_size,
                                      activation_function=GPT2_ACTIVATIONS[c.activation], resid_pdrop=0.0,
                                      embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=c.norm_eps,
@@ -108,7 +109,7 @@ def to_hf(config, state, eot=None):
     common = dict(vocab_size=c.vocab_size, hidden_size=c.n_embd, num_hidden_layers=c.n_layer, num_attention_heads=H,
                   num_key_value_heads=KV, max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
                   hidden_act='silu', tie_word_embeddings=c.weight_tying, attention_dropout=0.0, head_dim=hd,
-                  rope_theta=c.rope_theta, bos_token_id=eot, eos_token_id=eot)
+                  rope_theta=c.rope_theta, bos_token_id=bos, eos_token_id=eot)
     if family == 'llama':
         hf = transformers.LlamaConfig(intermediate_size=c.ffn_hidden_size, attention_bias=c.bias, mlp_bias=c.bias,
                                       architectures=['LlamaForCausalLM'], **common)
@@ -421,7 +422,9 @@ def export(source, hf_dir, data_dir=''):
         except (FileNotFoundError, ImportError, ValueError, OSError) as e:
             raise ConversionError(f"cannot rebuild the tokenizer of {source} ({e}); give the folder of its files "
                                   f"as DATA_DIR")
-    hf, tensors = to_hf(config, ckpt['model'], tokenizer.eot if tokenizer else None)
+    # a Hugging Face tokenizer keeps its own BOS (an imported Llama's <s>); the project's own ones have only EOT
+    bos = tokenizer.hf.bos_token_id if tokenizer is not None and tokenizer.kind == 'huggingface' else None
+    hf, tensors = to_hf(config, ckpt['model'], tokenizer.eot if tokenizer else None, bos)
     require('safetensors')
     from safetensors.torch import save_file
     os.makedirs(hf_dir, exist_ok=True)

@@ -71,7 +71,9 @@ class GPTConfig:
                 bad(name, 'a positive integer')
         if self.n_embd % self.n_head:
             bad('n_embd', f'a multiple of n_head={self.n_head}')
-        if self.n_expert and not hasattr(torch, '_grouped_mm'):  # the experts' grouped matmuls (grouped_mm.py)
+        # the experts' grouped matmuls (grouped_mm.py): torch 2.8 has torch._grouped_mm for Hopper GPUs only
+        if self.n_expert and (not hasattr(torch, '_grouped_mm')
+                              or torch.torch_version.TorchVersion(torch.__version__) < '2.9'):
             bad('n_expert', f'0 (dense) with torch {torch.__version__}: MoE needs torch>=2.9')
         if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
             bad('n_kv_head', f'a divisor of n_head={self.n_head} (or None)')

@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 # (model words that must all appear as whole words of torch.cuda.get_device_name(), {precision: dense TFLOP/s});
 # the first match wins, so variants come before the plain model (H100 PCIe before H100). Whole words, so 'L40'
-# is not an 'L4' and 'RTX A1000' not an 'A100'; a 'Ti' or 'SUPER' card must be listed as such. 'bf16' is also
+# is not an 'L4' and 'RTX A1000' not an 'A100'; a 'Ti', 'SUPER', laptop or MIG variant must be listed as such. 'bf16' is also
 # the fp16 figure; cards without bf16 or TF32 units (V100, T4) list fp16 tensor cores and plain fp32 there.
 # Figures: NVIDIA datasheets, sparse figures halved; GeForce cards at fp32 accumulation (Ada/Ampere whitepapers).
 GPU_PEAK_TFLOPS = [
@@ -46,7 +46,7 @@ GPU_PEAK_TFLOPS = [
     (('V100',), {'bf16': 125.0, 'tf32': 15.7}),  # SXM2
     (('T4',), {'bf16': 65.0, 'tf32': 8.1}),
 ]
-VARIANT_WORDS = {'TI', 'SUPER'}
+VARIANT_WORDS = {'TI', 'SUPER', 'LAPTOP', 'MOBILE', 'MAX', 'MIG'}  # Max-Q, MIG slices: not the listed card's peak
 
 
 def gpu_peak_tflops(device_name, dtype):

@@ -190,7 +190,7 @@ def plan(args):
             # warmup and decay keep their share of the run (a decay of None ends with it); a variant's own value wins
             for key in ('warmup_iters', 'lr_decay_iters'):
                 if key not in changes and base['config'][key] is not None:
-                    changes[key] = round(base['config'][key] * ratio)
+                    changes[key] = max(1 if key == 'lr_decay_iters' else 0, round(base['config'][key] * ratio))
     runs = []
     for seed in args['seeds']:  # seed by seed: a partial sweep already has paired runs to compare
         for name, changes in variants:

@@ -190,9 +190,10 @@ def training_tokenizer(kind, folder):
         from tokenizers import Tokenizer as Bpe, decoders, models, pre_tokenizers, trainers
         bpe = Bpe(models.BPE())
         bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-        bpe.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, special_tokens=['<eos>'],
+        bpe.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, special_tokens=['<eos>', '<bos>'],
                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-        transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token='<eos>').save_pretrained(folder / 'tok')
+        transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token='<eos>',
+                                             bos_token='<bos>').save_pretrained(folder / 'tok')
         return {'type': 'huggingface', 'path': 'tok'}
     return {'type': 'tiktoken', 'name': 'gpt2'}
 
@@ -219,6 +220,8 @@ def test_export_writes_the_training_tokenizer_and_generates_like_sample(preset, 
     assert tok.encode(SAMPLE) == ids and tok.decode(ids) == ours_tok.decode(ids)
     # the training data's end-of-text id, not a default (a Llama config's 2 is '#' in GPT-2's BPE)
     assert tok.eos_token_id == hf.generation_config.eos_token_id == hf.config.eos_token_id == eot
+    # the BOS: a Hugging Face tokenizer keeps its own, the project's tokenizers start documents after an EOT
+    assert hf.config.bos_token_id == (ours_tok.hf.bos_token_id if kind == 'huggingface' else eot) is not None
     # greedy decoding as sample.py does it (temperature 0), up to the first end-of-text token
     steps = 8
     new = ours.generate(torch.tensor([prompt]), steps, temperature=0)[0, len(prompt):].tolist()
