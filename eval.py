@@ -12,7 +12,6 @@ time_s, data_sha256, ...}, ...} plus what was evaluated.
 """
 import json
 import os
-import sys
 import time
 from contextlib import nullcontext
 
@@ -25,6 +24,7 @@ import downstream
 import perf
 import process_group
 from configurator import configure
+from errors import die
 from tokenizer import Tokenizer
 
 out_dir = 'out'  # the newest ckpt_<iter>.pt here is evaluated unless ckpt or init_from is given; results go here
@@ -42,18 +42,6 @@ configure(globals())
 
 distributed = 'RANK' in os.environ
 rank, world_size = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-
-
-def die(message, every_rank_alike=True):
-    # a verdict every rank reaches alike is said by rank 0 (the others leave it time to, before torchrun stops
-    # them all); one that only this rank may have reached (a file it cannot read) it says itself
-    if rank == 0 or not every_rank_alike:
-        print(f"error: {'' if rank == 0 else f'rank {rank}: '}{message}", file=sys.stderr)
-    else:
-        time.sleep(3)
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    sys.exit(2)
 
 
 task_list = [t for t in tasks.split(',') if t] or downstream.available_tasks(evals_dir)
@@ -101,9 +89,7 @@ try:
                                   reduce=process_group.sum_over_ranks if distributed else None, batch_tokens=batch_tokens)
 except (downstream.EvalError, RuntimeError, OSError) as e:
     # only this rank knows: it says so itself (torchrun then stops the ranks waiting for its sums)
-    print(f"error: {f'rank {rank}: ' if distributed else ''}{(str(e) or type(e).__name__).splitlines()[0]}",
-          file=sys.stderr)
-    sys.exit(2)
+    die((str(e) or type(e).__name__).splitlines()[0], every_rank_alike=False)
 if rank == 0:
     print(downstream.table(results))
     os.makedirs(out_dir, exist_ok=True)

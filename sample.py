@@ -5,12 +5,11 @@ Sample from a trained model.
     python sample.py --ckpt=out/best.pt --start=FILE:prompt.txt --temperature=0.8 --top_p=0.95
     python sample.py --init_from=hf:path/to/hf-model --start="Once upon a time"
 """
-import sys
-
 import torch
 
 import convert
 import perf
+from errors import die
 from configurator import configure
 from tokenizer import Tokenizer
 
@@ -28,11 +27,6 @@ seed = 1337
 device = 'auto'
 dtype = 'float32'
 configure(globals(), types={'top_k': int, 'top_p': float})
-
-
-def die(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 try:

@@ -42,16 +42,12 @@ import compare  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import downstream  # noqa: E402
+from errors import die  # noqa: E402
 import runlog  # noqa: E402
 
 FINISHED = ('max_iters', 'max_time', 'target_val_loss')  # stop reasons of a run that did its whole budget
 TOKENS_PER_ITER = ('batch_size', 'block_size', 'gradient_accumulation_steps')  # train.py's tokens_per_iter
 OPTIONS = {'--seeds': '1', '--budget': 'tokens', '--jobs': '1', '--emit': '', '--format': 'md', '--out_root': 'ablations'}
-
-
-def die(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def parse(argv):

@@ -21,14 +21,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import monitor  # noqa: E402
+from errors import die  # noqa: E402
 from model import PRESETS  # noqa: E402
 
 USAGE = "usage: python bench/bench.py PRESET_OR_CONFIG ... [--iters=N] [--compile=True|False|both] [--key=value ...]"
-
-
-def die(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def synthetic_data(directory, vocab_size=50257, tokens=2_000_000):

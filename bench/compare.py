@@ -17,15 +17,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import downstream  # noqa: E402
+from errors import die  # noqa: E402
 import runlog  # noqa: E402
 
 COLUMNS = ['run', 'architecture', 'parameters', 'flops_per_token', 'best_val_loss', 'final_train_loss',
            'tokens_per_sec', 'mfu', 'wall_time_s']
-
-
-def die(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def load_run(run_dir):

@@ -17,12 +17,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from errors import die  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
-
-
-def die(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def base_parser(description, with_out_dir):

@@ -44,6 +44,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from errors import die  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 SUFFIXES = ('.txt', '.jsonl', '.jsonl.gz', '.jsonl.zst', '.parquet')
@@ -55,11 +56,6 @@ SPAWN = multiprocessing.get_context('spawn')  # fork would copy the parent's mem
 
 class PrepareError(Exception):
     """A bad input or option: reported as one line, exit status 2."""
-
-
-def die(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def need(module, package=None):
