@@ -1,6 +1,6 @@
 """
-Checkpoint files: atomic writes, rotation, finding the newest one that loads, and moving model and optimizer
-state between the full format and every parallel mode.
+Checkpoint files: atomic writes (files.py), rotation, finding the newest one that loads, and moving model and
+optimizer state between the full format and every parallel mode.
 
 Full format (default): one `ckpt_<iter>.pt` whose 'model' is a plain state_dict and whose 'optimizer' is keyed by
 parameter name (torch.distributed.checkpoint's full optimizer state dict), the same whether it was written by a
@@ -17,27 +17,14 @@ import sys
 import torch
 import torch.distributed as dist
 
+from files import atomic_write
 from process_group import any_rank, from_rank_0
 
 # torch.distributed.checkpoint is imported inside the functions that use it: it adds a second to every start-up
 
 
-def atomic_write(path, write):
-    """write(f) into a temp file, fsync, then rename over path: a crash leaves the old file or the new one."""
-    tmp = path + '.tmp'
-    try:
-        with open(tmp, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.isfile(tmp):
-            os.remove(tmp)  # a full disk keeps no half-written file
-        raise
-
-
 def save(obj, path):
+    """Atomically: a crash leaves the old file or the new one."""
     atomic_write(path, lambda f: torch.save(obj, f))
 
 

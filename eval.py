@@ -10,7 +10,6 @@ Score a model on downstream tasks, zero-shot, as lm-evaluation-harness does (see
 Prints a table and writes <out_dir>/eval_<iter>.json: {task: {acc, acc_norm, acc_token_norm, n, acc_stderr,
 time_s, data_sha256, ...}, ...} plus what was evaluated.
 """
-import json
 import os
 import time
 from contextlib import nullcontext
@@ -21,6 +20,7 @@ import torch.distributed as dist
 import checkpoint as ckpt_files
 import convert
 import downstream
+import files
 import perf
 import process_group
 from configurator import configure
@@ -97,9 +97,7 @@ if rank == 0:
     record = {**results, '_run': {'model': source, 'iter': iteration, 'limit': limit or None, 'dtype': dtype,
                                    'device': device, 'world_size': world_size,
                                    'total_time_s': round(time.time() - started, 3)}}
-    with open(path + '.tmp', 'w') as f:
-        json.dump(record, f, indent=1)
-    os.replace(path + '.tmp', path)
+    files.write_json(path, record)
     print(f"written to {path}")
 if distributed:
     dist.barrier()

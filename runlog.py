@@ -24,6 +24,8 @@ import os
 import statistics
 import time
 
+from files import atomic_write
+
 CSV_FIELDS = ['iter', 'loss', 'loss_variance', 'aux_loss', 'lr', 'grad_norm', 'grad_clipped', 'grad_mean', 'grad_std',
               'grad_non_finite', 'time_ms', 'tokens_per_sec', 'tokens_seen', 'mfu', 'achieved_tflops',
               'memory_allocated_mb', 'memory_peak_mb', 'memory_reserved_mb', 'epoch']
@@ -147,8 +149,8 @@ def write_document(jsonl_path, path):
         elif event in ('eval', 'checkpoint'):
             small[SECTIONS[event]].append(record)
     header = header or {}
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as out:
+
+    def write(out):
         out.write('{\n')
         for key in ('run_name', 'start_time', 'config', 'startup_info'):
             out.write(f'{json.dumps(key)}: {json.dumps(header.get(key), indent=1)},\n')
@@ -160,9 +162,7 @@ def write_document(jsonl_path, path):
                 first = False
         out.write('\n],\n')
         out.write(',\n'.join(f'{json.dumps(k)}: {json.dumps(v, indent=1)}' for k, v in small.items()) + '\n}\n')
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, write, mode='w')
 
 
 def load(path):

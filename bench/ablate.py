@@ -35,14 +35,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import ablate_report  # noqa: E402
-import compare  # noqa: E402
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import ablate_report  # noqa: E402  (beside this script: its folder is on sys.path)
+import compare  # noqa: E402
 import downstream  # noqa: E402
 from errors import die  # noqa: E402
+import files  # noqa: E402
 import runlog  # noqa: E402
 
 FINISHED = ('max_iters', 'max_time', 'target_val_loss')  # stop reasons of a run that did its whole budget
@@ -152,9 +151,7 @@ def probe(configs, common, changes, cache_path):
     cache[key] = found = {'flops_per_iter': info['performance']['flops_per_token'] * tokens, 'tokens_per_iter': tokens,
                           'config': {k: log['config'][k] for k in ('max_iters', 'warmup_iters', 'lr_decay_iters')}}
     os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-    with open(cache_path + '.tmp', 'w') as f:
-        json.dump(cache, f)
-    os.replace(cache_path + '.tmp', cache_path)
+    files.write_json(cache_path, cache)
     return found
 
 

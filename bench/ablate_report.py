@@ -8,6 +8,8 @@ import math
 import os
 import statistics
 
+import files
+
 # two-sided 95% critical values of Student's t for 1..30 degrees of freedom; beyond, the normal 1.96 is within 2%
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
@@ -252,7 +254,5 @@ def write(out_dir, title, budget, seeds, variants, runs, form='md'):
     else:
         text = markdown(title, budget, seeds, rows, plots)
     path = os.path.join(out_dir, f'comparison.{form}')
-    with open(path + '.tmp', 'w') as f:
-        f.write(text)
-    os.replace(path + '.tmp', path)
+    files.write_text(path, text)
     return path, text

@@ -7,7 +7,6 @@ The .bin files are raw token arrays with no header, read with numpy.memmap, so c
 """
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -18,6 +17,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from errors import die  # noqa: E402
+from files import atomic_write, write_json  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 
@@ -44,14 +44,12 @@ def read_text_files(path):
 def download_file(url, dest):
     """dest, downloaded from url first unless a previous download is there; streamed to disk (any size)."""
     if not os.path.exists(dest):
-        tmp = dest + '.tmp'
         try:
             print(f"downloading {url}")
-            with urllib.request.urlopen(url, timeout=30) as response, open(tmp, 'wb') as f:
-                shutil.copyfileobj(response, f, 1 << 20)
+            with urllib.request.urlopen(url, timeout=30) as response:
+                atomic_write(dest, lambda f: shutil.copyfileobj(response, f, 1 << 20))
         except Exception as e:
             die(f"could not download {url} ({type(e).__name__}); offline, pass --input PATH to a local copy")
-        os.replace(tmp, dest)
     return dest
 
 
@@ -91,9 +89,7 @@ def write_dataset(out_dir, tokenizer, train_text, val_text, source_text, source,
         ids = encode(text)
         if len(ids) == 0:
             die(f"the {split} split is empty")
-        tmp = os.path.join(out_dir, f'{split}.bin.tmp')
-        np.asarray(ids, dtype=dtype).tofile(tmp)
-        os.replace(tmp, os.path.join(out_dir, f'{split}.bin'))
+        atomic_write(os.path.join(out_dir, f'{split}.bin'), lambda f: np.asarray(ids, dtype=dtype).tofile(f))
         counts[split] = len(ids)
     meta = {
         'tokenizer': tokenizer.spec,
@@ -108,10 +104,7 @@ def write_dataset(out_dir, tokenizer, train_text, val_text, source_text, source,
         'source_sha256': hashlib.sha256(source_text.encode('utf-8')).hexdigest(),
         **(extra or {}),
     }
-    tmp = os.path.join(out_dir, 'meta.json.tmp')
-    with open(tmp, 'w') as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, 'meta.json'))
+    write_json(os.path.join(out_dir, 'meta.json'), meta, indent=2)
     print(f"{out_dir}: vocab {tokenizer.vocab_size}, train {counts['train']:,} tokens, val {counts['val']:,} tokens")
     return meta
 

@@ -45,6 +45,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from errors import die  # noqa: E402
+from files import atomic_write, write_json  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 SUFFIXES = ('.txt', '.jsonl', '.jsonl.gz', '.jsonl.zst', '.parquet')
@@ -287,15 +288,6 @@ def read_json(path):
         return json.load(f)
 
 
-def atomic_json(path, obj):
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def batches_of_text(texts, size):
     """Non-empty texts grouped into lists of about size bytes (counted in characters: cheap, close enough)."""
     batch, length = [], 0
@@ -315,8 +307,6 @@ def process_unit(job):
     index, unit, work_dir = job
     tokenizer, options, queue = _worker['tokenizer'], _worker['options'], _worker['queue']
     parts = {split: os.path.join(work_dir, f'unit_{index:07d}.{split}.bin') for split in ('train', 'val')}
-    # temp names carry the pid: a worker orphaned by a killed run cannot collide with the rerun's
-    files = {split: open(f'{path}.{os.getpid()}.tmp', 'wb') for split, path in parts.items()}
     counts = {split: {'tokens': 0, 'documents': 0, 'bytes': 0} for split in parts}
     content, nulls = hashlib.sha256(), [0]
 
@@ -326,37 +316,37 @@ def process_unit(job):
                 nulls[0] += 1
             else:
                 yield text
-    for texts in batches_of_text(present(unit_texts(unit, options)), BATCH_BYTES):
-        data = [text.encode('utf-8') for text in texts]
-        for d in data:
-            content.update(d)
-        if unit['split'] == 'auto':
-            val = [goes_to_val(d, options['val_fraction']) for d in data]
-            by_split = {'train': [i for i, v in enumerate(val) if not v], 'val': [i for i, v in enumerate(val) if v]}
-        else:
-            by_split = {unit['split']: range(len(texts))}
-        batch_tokens = 0
-        for split, chosen in by_split.items():
-            if chosen:
-                ids = tokenizer.encode_documents([texts[i] for i in chosen])
-                ids.tofile(files[split])
-                counts[split]['tokens'] += len(ids)
-                batch_tokens += len(ids)
-                counts[split]['documents'] += len(chosen)
-                counts[split]['bytes'] += sum(len(data[i]) for i in chosen)
-        if queue is not None:
-            queue.put((0, batch_tokens))
-        if _worker['parent'] is not None and os.getppid() != _worker['parent']:
-            os._exit(1)  # the prepare that started this worker was killed: stop quietly
-    for split, f in files.items():
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        os.replace(f.name, parts[split])
+
+    def tokenize(out):
+        for texts in batches_of_text(present(unit_texts(unit, options)), BATCH_BYTES):
+            data = [text.encode('utf-8') for text in texts]
+            for d in data:
+                content.update(d)
+            if unit['split'] == 'auto':
+                val = [goes_to_val(d, options['val_fraction']) for d in data]
+                by_split = {'train': [i for i, v in enumerate(val) if not v], 'val': [i for i, v in enumerate(val) if v]}
+            else:
+                by_split = {unit['split']: range(len(texts))}
+            batch_tokens = 0
+            for split, chosen in by_split.items():
+                if chosen:
+                    ids = tokenizer.encode_documents([texts[i] for i in chosen])
+                    ids.tofile(out[split])
+                    counts[split]['tokens'] += len(ids)
+                    batch_tokens += len(ids)
+                    counts[split]['documents'] += len(chosen)
+                    counts[split]['bytes'] += sum(len(data[i]) for i in chosen)
+            if queue is not None:
+                queue.put((0, batch_tokens))
+            if _worker['parent'] is not None and os.getppid() != _worker['parent']:
+                os._exit(1)  # the prepare that started this worker was killed: stop quietly
+    # both part files at once, each written to a temp file and renamed into place
+    atomic_write(parts['train'],
+                 lambda train: atomic_write(parts['val'], lambda val: tokenize({'train': train, 'val': val})))
     if queue is not None:
         queue.put((unit['bytes'], 0))
     record = {**counts, 'sha256': content.hexdigest(), 'null': nulls[0]}
-    atomic_json(os.path.join(work_dir, f'unit_{index:07d}.json'), record)  # the unit is done once this exists
+    write_json(os.path.join(work_dir, f'unit_{index:07d}.json'), record)  # the unit is done once this exists
     return index, record
 
 
@@ -475,7 +465,7 @@ def start(request, out_dir, plan, units, options, num_proc, replacing=None):
             shutil.rmtree(target)
         os.replace(os.path.join(staging, name), target)
     shutil.rmtree(staging, ignore_errors=True)
-    atomic_json(os.path.join(work_dir, 'plan.json'), plan)
+    write_json(os.path.join(work_dir, 'plan.json'), plan)
     return tokenizer
 
 
@@ -613,7 +603,7 @@ def prepare(inputs, out_dir, tokenizer, val_inputs=(), val_fraction=0.0005, text
     meta = write_shards(units, records, work_dir, out_dir, tokenizer, options)
     meta.update({'fingerprint': key, 'source': source or [*inputs, *val_inputs],
                  'prepare': {**{k: v for k, v in options.items() if k != 'dtype'}, 'tokenizer': identity}})
-    atomic_json(meta_path, meta)  # its presence means the dataset is complete
+    write_json(meta_path, meta)  # its presence means the dataset is complete
     shutil.rmtree(work_dir, ignore_errors=True)
     elapsed = time.time() - started
     print(f"{out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens from "
@@ -659,15 +649,13 @@ def write_shards(units, records, work_dir, out_dir, tokenizer, options):
             done = os.path.join(work_dir, f'{name}.json')
             if not (read_json(done) == {'units': group, **counts} and os.path.isfile(path)
                     and os.path.getsize(path) == counts['tokens'] * itemsize):
-                tmp = f'{path}.{os.getpid()}.tmp'
-                with open(tmp, 'wb') as out:
+
+                def join(out, group=group, split=split):
                     for i in group:
                         with open(os.path.join(work_dir, f'unit_{i:07d}.{split}.bin'), 'rb') as part:
                             shutil.copyfileobj(part, out, 1 << 24)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, path)
-                atomic_json(done, {'units': group, **counts})
+                atomic_write(path, join)
+                write_json(done, {'units': group, **counts})
             shards[split].append({'file': name, **counts})
     totals = {f'{split}_{k}': sum(s[k] for s in shards[split]) for split in shards for k in ('tokens', 'documents', 'bytes')}
     # a hash of every document's text in order, from the units' own hashes

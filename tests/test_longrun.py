@@ -100,13 +100,14 @@ def test_kill_9_at_random_moments_then_relaunch_until_done(data, straight, tmp_p
 def test_a_failed_checkpoint_write_keeps_the_last_one(data, tmp_path):
     out = tmp_path / 'o'
     out.mkdir()
-    (out / 'ckpt_4.pt.tmp').mkdir()  # writing ckpt_4.pt will fail, as on a full disk
+    blocker = out / f'ckpt_4.pt.{os.getpid()}.tmp'  # the temp name of files.atomic_write (train runs in-process)
+    blocker.mkdir()  # writing ckpt_4.pt will fail, as on a full disk
     r = train(data, out, '--max_iters=6', '--eval_interval=2', check=False)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1 and 'Traceback' not in r.stderr
     assert 'could not write' in lines[0] and 'ckpt_4.pt' in lines[0] and 'previous checkpoint is untouched' in lines[0]
     assert torch.load(out / 'ckpt_2.pt', weights_only=True)['iter_num'] == 2
-    (out / 'ckpt_4.pt.tmp').rmdir()
+    blocker.rmdir()
     resumed = train(data, out, '--max_iters=6', '--eval_interval=2', '--init_from=auto')
     assert 'ckpt_2.pt' in resumed.stdout
 

@@ -22,6 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from corpus import PrepareError, die, download  # noqa: E402
+from files import atomic_write, write_json  # noqa: E402  (corpus put the repository root on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TASKS = ('hellaswag', 'arc_easy', 'arc_challenge', 'piqa', 'winogrande', 'lambada')
@@ -118,14 +119,10 @@ if __name__ == '__main__':
             continue
         data = ''.join(json.dumps(item, ensure_ascii=False) + '\n' for item in items).encode('utf-8')
         path = os.path.join(args.out_dir, f'{task}.jsonl')
-        with open(path + '.tmp', 'wb') as f:
-            f.write(data)
-        os.replace(path + '.tmp', path)
+        atomic_write(path, lambda f: f.write(data))
         meta[task] = {'items': len(items), 'source': source, 'split': split,
                       'sha256': hashlib.sha256(data).hexdigest()}
         print(f"{task}: {len(items):,} items from {source} -> {path}")
-    with open(meta_path + '.tmp', 'w') as f:
-        json.dump(meta, f, indent=1)
-    os.replace(meta_path + '.tmp', meta_path)
+    write_json(meta_path, meta)
     if failures:
         die('; '.join(failures))

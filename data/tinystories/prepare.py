@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import corpus  # noqa: E402
 from common import base_parser, die, download_file, gpt2_tokenizer  # noqa: E402
+from files import atomic_write  # noqa: E402  (common put the repository root on sys.path)
 
 BASE = 'https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/'
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,11 +54,12 @@ def engine_input(path, staging):
     dest = os.path.join(staging, f"{os.path.basename(path)}.{stamp[:16]}.jsonl")
     if not os.path.exists(dest):
         os.makedirs(staging, exist_ok=True)
-        with open(dest + '.tmp', 'w', encoding='utf-8') as out:
+
+        def write(out):
             for story in blank_line_stories(path):
                 if story:
                     out.write(json.dumps({'text': story}, ensure_ascii=False) + '\n')
-        os.replace(dest + '.tmp', dest)
+        atomic_write(dest, write, mode='w')
     return dest
 
 
