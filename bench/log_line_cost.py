@@ -2,7 +2,7 @@
 What one log line costs as a run grows: runlog.RunLog.iteration (append a .jsonl line and a CSV row) against
 rewriting the whole JSON log at every line (what train.py did before), at 1k and 100k logged iterations.
 
-    python bench/runlog.py --lines 1000 100000
+    python bench/log_line_cost.py --lines 1000 100000
 
 Each line is a real entry's size (the fields train.py logs for a 12-layer model, per-layer statistics every
 10th line). Reports the median cost of the last 200 lines before each mark, and of writing the final .json.
@@ -16,6 +16,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import files  # noqa: E402
 import runlog  # noqa: E402
 
 
@@ -59,11 +60,7 @@ def main():
             iterations.append(entry(i))
             if i in (1000, args.old_up_to) or i > args.old_up_to - 5:
                 start = time.perf_counter()
-                with open(old + '.tmp', 'w') as f:
-                    f.write(json.dumps({**header, 'training_iterations': iterations}, indent=1))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(old + '.tmp', old)
+                files.write_text(old, json.dumps({**header, 'training_iterations': iterations}, indent=1))
                 if i in (1000, args.old_up_to):
                     rows.append(('rewrite whole JSON (before)', i, (time.perf_counter() - start) * 1e3))
     print('| method | logged iterations | ms per log line |')
