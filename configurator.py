@@ -48,11 +48,27 @@ def parse_value(key, text, default, types):
     return value
 
 
-def apply(config, argv, types=None, renamed=None):
-    """Apply config files and --key=value overrides in argv to the dict `config` (in order). renamed maps keys of
-    other tools (e.g. use_fsdp) to the (key, value) that does their job here, for a pointed error."""
-    types, renamed = types or {}, renamed or {}
+def apply(config, argv, types=None, aliases=None):
+    """Apply config files and --key=value overrides in argv to the dict `config` (in order). aliases maps boolean
+    settings of other tools (use_fsdp) to the (key, value) they stand for here (parallelism='fsdp'): True sets it,
+    False does nothing, and a different value of that key set anywhere else is an error."""
+    types, aliases = types or {}, aliases or {}
     known = [k for k in config]
+    set_by = {}  # key -> (what set it, value, whether an alias did), for the conflicts of aliases
+
+    def assign(key, value, source):
+        alias = key in aliases
+        if alias:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{source}: expected True or False")
+            if not value:
+                return
+            key, value = aliases[key]
+        if key in set_by and set_by[key][1] != value and (alias or set_by[key][2]):
+            raise ConfigError(f"{source} conflicts with {set_by[key][0]}")
+        set_by[key] = (source, value, alias)
+        config[key] = value
+
     for arg in argv:
         if not arg.startswith('--'):
             if not os.path.isfile(arg):
@@ -67,32 +83,31 @@ def apply(config, argv, types=None, renamed=None):
             for key, value in scope.items():
                 if key.startswith('_') or type(value).__name__ in ('module', 'function', 'type'):
                     continue
-                if key not in config and key in renamed:
-                    new_key, value = renamed[key]
-                    raise ConfigError(f"{arg}: {key} is not a setting here; use {new_key} = {value!r}")
-                if key not in config:
+                if key not in config and key not in aliases:
                     raise ConfigError(f"{arg}: unknown config key {key!r}{_suggest(key, known)}")
-                config[key] = value
+                if key in aliases or value != config[key] or key in set_by:
+                    assign(key, value, f"{key}={value!r} ({arg})")
         else:
             key, eq, text = arg[2:].partition('=')
             if not eq:
                 raise ConfigError(f"{arg}: expected --key=value")
-            if key not in config and key in renamed:
-                raise ConfigError(f"--{key} is not a setting here; use --{renamed[key][0]}={renamed[key][1]}")
+            if key in aliases:
+                assign(key, parse_value(key, text, False, types), f"--{key}={text}")
+                continue
             if key not in config:
                 raise ConfigError(f"unknown config key {key!r}{_suggest(key, known)}")
-            config[key] = parse_value(key, text, config[key], types)
+            assign(key, parse_value(key, text, config[key], types), f"--{key}={text}")
     return config
 
 
-def configure(scope, argv=None, types=None, renamed=None):
+def configure(scope, argv=None, types=None, aliases=None):
     """Override the config globals of a script in place: configure(globals()).
     Only simple values (int, float, bool, str, None, tuple, list) defined before the call are config keys."""
     argv = sys.argv[1:] if argv is None else argv
     keys = {k: v for k, v in scope.items()
             if not k.startswith('_') and isinstance(v, (int, float, bool, str, tuple, list, type(None)))}
     try:
-        apply(keys, argv, types, renamed)
+        apply(keys, argv, types, aliases)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -563,7 +563,11 @@ class GPT(nn.Module):
         return [b.ffn.expert_fraction for b in self.blocks if isinstance(b.ffn, MoE)]
 
     def flops_per_token(self, seq_len=None):
-        """Training FLOPs per token (forward + backward) at seq_len (default block_size).
+        """Training FLOPs per token (forward + backward) at seq_len (default block_size): flops_breakdown's sum."""
+        return sum(self.flops_breakdown(seq_len))
+
+    def flops_breakdown(self, seq_len=None):
+        """(attention, FFN, output head) training FLOPs per token at seq_len (default block_size).
         Convention: what torch.utils.flop_counter counts, i.e. 2*m*n*k per matmul (biases, norms, activations,
         softmax and embedding lookups free), attention scores over the full T x T square (the causal half is
         not discounted), backward = 2x forward. MoE counts only the active experts plus the router."""
@@ -574,19 +578,10 @@ class GPT(nn.Module):
         attn += 2 * 2 * c.n_head * hd * T  # q@k^T and att@v
         mats = 2 if c.ffn_type == 'standard' else 3
         if c.n_expert:
-            ffn_flops = c.n_expert_per_token * mats * 2 * D * c.expert_hidden_size + 2 * D * c.n_expert
+            ffn = c.n_expert_per_token * mats * 2 * D * c.expert_hidden_size + 2 * D * c.n_expert
         else:
-            ffn_flops = mats * 2 * D * c.ffn_hidden_size
-        forward = c.n_layer * (attn + ffn_flops) + 2 * D * c.vocab_size
-        return 3 * forward
-
-    def flops_breakdown(self, seq_len=None):
-        """(attention FLOPs, FFN FLOPs) per token for training, for the startup report."""
-        c = self.config
-        T = seq_len or c.block_size
-        attn = 3 * c.n_layer * (2 * c.n_embd * (c.n_head + 2 * c.kv_heads) * c.head_dim + 2 * c.n_embd ** 2
-                                + 4 * c.n_head * c.head_dim * T)
-        return attn, self.flops_per_token(T) - attn - 3 * 2 * c.n_embd * c.vocab_size
+            ffn = mats * 2 * D * c.ffn_hidden_size
+        return 3 * c.n_layer * attn, 3 * c.n_layer * ffn, 3 * 2 * D * c.vocab_size
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw',
                              zero_redundancy=False):
@@ -680,3 +675,22 @@ def count_params(config, non_embedding=False):
     if non_embedding:
         total -= wpe + (0 if c.weight_tying else V * D)
     return total
+
+
+def list_presets():
+    """The presets as text: each one's architecture name and parameter count at its default size, and its fields."""
+    lines = []
+    for name, fields_set in PRESETS.items():
+        c = GPTConfig.from_preset(name)
+        lines.append(f"{name:8s} {c.architecture_name()}, {count_params(c) / 1e6:.1f}M parameters")
+        lines.append(' ' * 9 + ', '.join(f"{k}={v!r}" for k, v in fields_set.items()))
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':  # python model.py --presets
+    import sys
+    if sys.argv[1:] != ['--presets']:
+        print("usage: python model.py --presets   (the architecture presets; train.py's arch_preset picks one)",
+              file=sys.stderr)
+        sys.exit(2)
+    print(list_presets())

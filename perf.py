@@ -12,12 +12,13 @@ import os
 import platform
 import re
 import time
-
 from contextlib import nullcontext
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
+
+import files
 
 # (model words that must all appear as whole words of torch.cuda.get_device_name(), {precision: dense TFLOP/s});
 # the first match wins, so variants come before the plain model (H100 PCIe before H100). Whole words, so 'L40'
@@ -93,9 +94,10 @@ def _matmul_tflops(dtype, size, repeats):
     return 2 * size ** 3 / best / 1e12, first
 
 
-def measure_cpu_peak_tflops(dtype, sizes=(1024, 2048, 3072), repeats=5):
+def measure_cpu_peak_tflops(dtype, sizes=(1024, 2048, 3072), repeats=5, again=False):
     """(TFLOP/s, source): the best of several matmul sizes and repeats in dtype on this CPU, measured once per
-    machine, thread count, dtype and torch version, then read from the cache file."""
+    machine, thread count, dtype and torch version, then read from the cache file. again=True measures anew (a
+    run went faster than the cached peak, so that one was taken on a busy machine); the best measurement is kept."""
     key = f"{platform.processor() or platform.machine()}|{os.cpu_count()} cpus|{torch.get_num_threads()} threads|" \
           f"{dtype}|torch {torch.__version__}"
     path = cpu_peak_cache_path()
@@ -104,7 +106,7 @@ def measure_cpu_peak_tflops(dtype, sizes=(1024, 2048, 3072), repeats=5):
             cache = json.load(f)
     except (OSError, ValueError):
         cache = {}
-    if key not in cache:
+    if key not in cache or again:
         best, measured = _matmul_tflops(dtype, 256, repeats)[0], [256]
         seconds = 2 * 256 ** 3 / best / 1e12
         for size in sizes:
@@ -114,13 +116,12 @@ def measure_cpu_peak_tflops(dtype, sizes=(1024, 2048, 3072), repeats=5):
                 break
             tflops, seconds = _matmul_tflops(dtype, size, repeats)
             best, measured = max(best, tflops), measured + [size]
-        cache[key] = {'tflops': best, 'measured': time.strftime('%Y-%m-%d %H:%M'),
-                      'how': f'best of {repeats} matmuls at each of sizes {", ".join(map(str, measured))}'}
+        if best > cache.get(key, {}).get('tflops', 0):
+            cache[key] = {'tflops': best, 'measured': time.strftime('%Y-%m-%d %H:%M'),
+                          'how': f'best of {repeats} matmuls at each of sizes {", ".join(map(str, measured))}'}
         try:  # a read-only home only costs the next run a new measurement
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path + f'.{os.getpid()}.tmp', 'w') as f:
-                json.dump(cache, f, indent=1)
-            os.replace(path + f'.{os.getpid()}.tmp', path)
+            files.write_json(path, cache)
         except OSError:
             pass
     entry = cache[key]
@@ -137,13 +138,6 @@ def peak_tflops(device_type, device_name, dtype, override=None):
         peak = gpu_peak_tflops(device_name, dtype)
         return (peak, 'datasheet') if peak else (None, f'unknown GPU {device_name!r}: set peak_tflops for MFU')
     return None, f'no peak known for {device_type}: set peak_tflops for MFU'
-
-
-def mfu(flops_per_token, tokens_per_sec, peak, world_size=1):
-    """Model FLOPs utilization per device: the model's FLOP/s over the devices' peak, or None without a peak."""
-    if not peak:
-        return None
-    return flops_per_token * tokens_per_sec / world_size / (peak * 1e12)
 
 
 class RecordOps(TorchDispatchMode):

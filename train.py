@@ -1,38 +1,40 @@
 """
-Train a GPT on one machine.
+Train a GPT on one machine, or on many under torchrun.
 
     python train.py config/train_shakespeare_char_cpu.py
     python train.py config/full_gpt2_124m.py --position_encoding=rope --max_iters=100
+    torchrun --standalone --nproc_per_node=8 train.py config/full_gpt2_124m.py --parallelism=fsdp
 
-Config is the plain globals below; config files and --key=value override them (configurator.py).
-Architecture globals left at None take the values of `arch_preset` (model.PRESETS).
+Config is the plain globals below; config files and --key=value override them (configurator.py). Once set-up is
+done every global holds the value the run uses (the architecture fields, device, dtype, seed, data_dir).
+The loop at the bottom is the algorithm; run_control.py holds the plumbing around it.
 """
-import glob
 import math
 import os
 import platform
-import signal
+import statistics
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, fields, replace
-import statistics
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint as ckpt_files
-import loader
-import runlog
 import convert
 import downstream
-from configurator import configure
+import loader
 import monitor
 import perf
 import process_group
-from process_group import any_rank, from_rank_0, sum_over_ranks
+import run_control
+import runlog
+from configurator import configure
+from errors import die
 from model import GPT, GPTConfig
+from process_group import any_rank, sum_over_ranks
 from tokenizer import load_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -66,10 +68,35 @@ data_dir = ''  # default data/<dataset>
 batch_size = 12  # micro-batch size
 sampling = 'auto'  # random (windows anywhere) | epoch (every window once per epoch) | auto: epoch for sharded corpora
 gradient_accumulation_steps = 1
-# model: arch_preset, then any GPTConfig field (None = the preset's value)
-arch_preset = 'gpt2'
-for _field in fields(GPTConfig):
-    globals()[_field.name] = None
+# model: the preset's values (model.PRESETS; `python model.py --presets` lists them), then every field set here.
+# None = the preset's value, or GPTConfig's default (in the comment) where the preset has none.
+arch_preset = 'gpt2'  # gpt2 | llama | team | hybrid | moe
+block_size = None  # 1024: the context length
+vocab_size = None  # the dataset's vocabulary (meta.json)
+n_layer = None  # 12
+n_head = None  # 12
+n_embd = None  # 768
+n_kv_head = None  # n_head (multi-head); 1 = multi-query, between = grouped-query
+normalization = None  # layernorm | layernorm_nobias | rmsnorm
+norm_eps = None  # 1e-5
+activation = None  # gelu | gelu_tanh | silu | relu | relu2 | leaky_relu (standard FFN)
+position_encoding = None  # learned_absolute | rope | none
+rope_theta = None  # 10000.0
+norm_position = None  # pre | post
+ffn_type = None  # standard | swiglu | geglu
+ffn_hidden = None  # 4 * n_embd (standard) or 8/3 * n_embd rounded up to ffn_multiple_of (gated)
+ffn_multiple_of = None  # 256
+bias = None  # biases in the Linear layers
+weight_tying = None  # the token embedding shared with the output head
+dropout = None  # 0.0
+attention_backend = None  # sdpa | manual
+qk_norm = None  # False: RMS-normalize queries and keys per head
+n_expert = None  # 0 = a dense FFN; > 0: Mixture-of-Experts
+n_expert_per_token = None  # 2
+moe_intermediate_size = None  # the dense FFN's hidden size
+moe_aux_loss_coef = None  # 0.01: the load-balancing loss weight
+gradient_checkpointing = None  # False: recompute block activations in backward to save memory
+init_std = None  # 0.02
 # optimizer and schedule
 optimizer = 'adamw'  # adamw | muon (Muon for the blocks' 2-D matrices, AdamW for the rest; single process or ddp)
 learning_rate = 6e-4
@@ -85,7 +112,7 @@ lr_decay_iters = None  # None = max_iters
 min_lr = None  # None = learning_rate / 10
 wsd_decay_frac = 0.2  # wsd: the last fraction of lr_decay_iters that decays linearly to min_lr
 # parallelism (under torchrun)
-parallelism = 'ddp'  # ddp | zero1 | fsdp: how ranks spread the state; a plain single process ignores it
+parallelism = 'ddp'  # ddp | zero1 | fsdp: how ranks spread the state (--use_fsdp=True and --use_zero1=True also work)
 fsdp_reshard_after_forward = True  # free gathered parameters after forward (less memory, one more all-gather)
 checkpoint_format = 'full'  # full: one file any mode and world size loads; sharded: per-rank shards (fsdp only)
 # system
@@ -104,11 +131,9 @@ target_val_loss = None  # stop once the val loss reaches this
 config = configure(globals(), types={**{f.name: f.type for f in fields(GPTConfig)}, 'lr_decay_iters': int,
                                      'min_lr': float, 'max_time': float, 'target_val_loss': float,
                                      'peak_tflops': float},
-                   renamed={'use_fsdp': ('parallelism', 'fsdp'), 'use_zero1': ('parallelism', 'zero1')})
+                   aliases={'use_fsdp': ('parallelism', 'fsdp'), 'use_zero1': ('parallelism', 'zero1')})
 ARCH_FIELDS = [f.name for f in fields(GPTConfig)]
-ROOT = os.path.dirname(os.path.abspath(__file__))
 START = time.time()
-
 
 # torchrun sets RANK/WORLD_SIZE; gradient_accumulation_steps is global and split over the ranks
 distributed = 'RANK' in os.environ
@@ -117,51 +142,14 @@ world_size = int(os.environ.get('WORLD_SIZE', 1))
 master = rank == 0
 
 
-def die(message):
-    # for verdicts every rank reaches alike, none in the middle of a collective: all exit and none hangs
-    if master:
-        print(f"error: {message}", file=sys.stderr)
-    else:
-        time.sleep(3)  # torchrun stops every worker once one exits: let rank 0 say why first
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    sys.exit(2)
-
-
 def say(*args, **kwargs):
     if master:
         print(*args, **kwargs)
 
 
-# ---- checks that need no model: launch, resume source, out_dir, data ----
-if lr_schedule not in ('cosine', 'linear', 'wsd'):
-    die(f"lr_schedule={lr_schedule!r} is invalid; allowed: cosine, linear, wsd")
-if init_from not in ('scratch', 'resume', 'auto', *convert.GPT2_HUB_NAMES) and not init_from.startswith('hf:'):
-    die(f"init_from={init_from!r} is invalid; allowed: scratch, resume, auto, hf:<dir>, "
-        f"{', '.join(convert.GPT2_HUB_NAMES)}")
-if parallelism not in ('ddp', 'zero1', 'fsdp'):
-    die(f"parallelism={parallelism!r} is invalid; allowed: ddp, zero1, fsdp")
-if optimizer not in ('adamw', 'muon'):
-    die(f"optimizer={optimizer!r} is invalid; allowed: adamw, muon")
-if optimizer == 'muon' and not hasattr(torch.optim, 'Muon'):
-    die(f"optimizer='muon' needs torch>=2.9 (torch.optim.Muon); this is torch {torch.__version__}")
-if optimizer == 'muon' and distributed and parallelism != 'ddp':
-    die(f"optimizer='muon' needs whole weight matrices: use parallelism='ddp' (not {parallelism!r})")
-if compile_mode not in ('default', 'reduce-overhead', 'max-autotune'):
-    die(f"compile_mode={compile_mode!r} is invalid; allowed: default, reduce-overhead, max-autotune")
-if flash_attention not in ('auto', 'require', 'off'):
-    die(f"flash_attention={flash_attention!r} is invalid; allowed: auto, require, off")
-if checkpoint_format not in ('full', 'sharded'):
-    die(f"checkpoint_format={checkpoint_format!r} is invalid; allowed: full, sharded")
-if checkpoint_format == 'sharded' and not (distributed and parallelism == 'fsdp'):
-    die("checkpoint_format='sharded' needs parallelism='fsdp' under torchrun")
-if gradient_accumulation_steps < 1 or batch_size < 1:
-    die("batch_size and gradient_accumulation_steps must be at least 1")
-if gradient_accumulation_steps % world_size:
-    die(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by the world size {world_size}")
+# ---- checks that need no model; the device, precision and process group; where the run starts; the data ----
+run_control.check_settings(config, distributed, world_size, convert.GPT2_HUB_NAMES)
 local_accumulation = gradient_accumulation_steps // world_size
-
-# ---- device, precision, process group ----
 if device == 'auto':
     device = perf.default_device()
 device_type = device.split(':')[0]
@@ -169,43 +157,17 @@ if device_type == 'cuda' and not torch.cuda.is_available():
     die(f"device={device!r} but CUDA is not available")
 if dtype == 'auto':
     dtype = perf.auto_dtype(device_type)
-if dtype not in ('float32', 'bfloat16', 'float16'):
-    die(f"dtype={dtype!r} is invalid; allowed: auto, float32, bfloat16, float16")
 if distributed:
     device = process_group.init(device)
 
-checkpoint = None
-if master and os.path.isdir(out_dir):
-    ckpt_files.recover_interrupted_swap(out_dir)
-if init_from == 'auto':
-    init_from = from_rank_0('resume' if ckpt_files.list_checkpoints(out_dir) or resume_from else 'scratch')
-    say(f"init_from='auto': " + ('resuming' if init_from == 'resume' else
-                                  f"no checkpoint in {out_dir!r}, starting from scratch"))
-if init_from == 'resume' or eval_only:
-    try:  # rank 0 picks the checkpoint, every rank loads that one
-        checkpoint, path = ckpt_files.load_for_resume(out_dir, resume_from, eval_only)
-    except ckpt_files.ResumeError as e:
-        die(str(e))
-    if 'sharded' in checkpoint and (parallelism != 'fsdp' or checkpoint['world_size'] != world_size):
-        die(f"{path} is a sharded checkpoint from {checkpoint['world_size']} FSDP ranks; resume it with "
-            f"parallelism='fsdp' on {checkpoint['world_size']} ranks")
+checkpoint, stale_files = run_control.choose_start(out_dir, init_from, resume_from, eval_only, overwrite, parallelism,
+                                                   world_size, say)
+if checkpoint is not None:
     seed = checkpoint['seed']  # the data stream is a function of the seed: keep the run's
-    say(f"resuming from {path} (iteration {checkpoint['iter_num']})")
-stale_files = []  # a fresh run's leftovers, removed only once every check has passed
-if checkpoint is None and from_rank_0(bool(ckpt_files.list_checkpoints(out_dir) or
-                                            os.path.exists(os.path.join(out_dir, 'best.pt')))):
-    if not overwrite:
-        die(f"{out_dir!r} already holds checkpoints; use --init_from=resume to continue or --overwrite=True to start over")
-    stale_files = ckpt_files.list_checkpoints(out_dir) + glob.glob(os.path.join(out_dir, 'best.pt')) + \
-        glob.glob(os.path.join(out_dir, 'metrics.csv'))
-
-if sampling not in loader.SAMPLING:
-    die(f"sampling={sampling!r} is invalid; allowed: {', '.join(loader.SAMPLING)}")
 try:  # the Shakespeare datasets are prepared on first use (one process only: ranks would race)
     data_dir, meta, streams = loader.open_dataset(dataset, data_dir, prepare=not distributed, say=say)
 except loader.DataError as e:
     die(str(e))
-
 
 task_names = [t for t in eval_tasks.split(',') if t]  # downstream tasks: data present and encodable, checked now
 if task_names:
@@ -215,12 +177,11 @@ if task_names:
     except downstream.EvalError as e:
         die(str(e))
 
-
-# ---- model config: checkpoint's, a Hugging Face model's, or preset + overrides ----
+# ---- model config: the checkpoint's, a Hugging Face model's, or the preset's with the fields set above ----
 hf_state = None
 if checkpoint is not None:
     model_config = GPTConfig(**checkpoint['model_args'])
-elif init_from != 'scratch':
+elif init_from not in ('scratch', 'auto'):
     try:
         hf_model, _ = convert.load_hf(convert.resolve_hf(init_from))
     except convert.ConversionError as e:
@@ -238,15 +199,14 @@ else:
         model_config = GPTConfig.from_preset(arch_preset, **overrides)
     except ValueError as e:
         die(str(e))
-if meta['vocab_size'] > model_config.vocab_size:
+for k in ARCH_FIELDS:  # from here on each architecture global (and the logged config) is the model's own value
+    globals()[k] = config[k] = getattr(model_config, k)
+if meta['vocab_size'] > vocab_size:
     die(f"the dataset's vocabulary ({meta['vocab_size']} in {data_dir}/meta.json) is larger than the model's "
-        f"vocab_size={model_config.vocab_size}")
-block = model_config.block_size
+        f"vocab_size={vocab_size}")
 for _split, _stream in streams.items():
-    if _stream.total <= block + 1:
-        die(f"block_size={block} is larger than the {_split} split ({_stream.total} tokens)")
-for k in ARCH_FIELDS:  # the config records the model actually built
-    config[k] = getattr(model_config, k)
+    if _stream.total <= block_size + 1:
+        die(f"block_size={block_size} is larger than the {_split} split ({_stream.total} tokens)")
 
 ptdtype = getattr(torch, dtype)
 autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
@@ -254,7 +214,7 @@ torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on TF32 tensor core
 torch.backends.cudnn.allow_tf32 = True
 
 # ---- attention kernel: flash_attention's promise, and which SDPA backend really runs ----
-attention_context = perf.attention_context(flash_attention)
+attention_context = perf.attention_context(flash_attention)  # entered around every forward of the run
 _why = perf.why_no_flash_attention(model_config, device, dtype) if flash_attention == 'require' else None
 if _why:
     die(f"flash_attention='require' but FlashAttention cannot run here: {_why}")
@@ -265,12 +225,12 @@ if flash_attention == 'require' and attention_kernel != 'flash':
 # ---- model, parallel wrapping, optimizer, state ----
 torch.manual_seed(seed)  # the same initial weights on every rank
 fsdp = distributed and parallelism == 'fsdp'
+zero = distributed and parallelism == 'zero1'
 with torch.device('meta' if fsdp else device):  # FSDP: built without memory, filled after sharding (model.py)
     raw_model = GPT(model_config)
 full_weights = checkpoint['model'] if checkpoint is not None and 'sharded' not in checkpoint else hf_state
 if full_weights is not None and not fsdp:
     raw_model.load_state_dict(full_weights)
-zero = distributed and parallelism == 'zero1'
 if fsdp:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
@@ -313,21 +273,19 @@ if checkpoint is not None:
     iter_num, best_val_loss, tokens_seen = checkpoint['iter_num'], checkpoint['best_val_loss'], checkpoint['tokens_seen']
 start_iter, last_saved = iter_num, iter_num
 if master:
-    for path in stale_files:
+    for path in stale_files:  # a fresh run's leftovers, removed only once every check has passed
         ckpt_files.remove(path)
-tokens_per_iter = gradient_accumulation_steps * batch_size * block
-batches = loader.Batches(streams, meta, block, batch_size, gradient_accumulation_steps, seed, sampling, device)
+tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
+batches = loader.Batches(streams, meta, block_size, batch_size, gradient_accumulation_steps, seed, sampling, device)
 
-# ---- MFU: the model's FLOPs per token (as torch's FLOP counter counts them) against the device's peak ----
+# ---- the FLOPs per token (as torch's FLOP counter counts them) and the device's peak, for MFU ----
 device_name = torch.cuda.get_device_name(device) if device_type == 'cuda' else platform.processor() or device_type
 peak, peak_source = perf.peak_tflops(device_type, device_name, dtype, peak_tflops)
 if peak is None:
     say(f"warning: {peak_source}")
-flops_per_token = raw_model.flops_per_token()
-attention_flops, ffn_flops = raw_model.flops_breakdown()
-
-
-stop_request = None  # 'interrupted' (Ctrl-C) or 'preempted' (SIGTERM, SIGUSR1: a scheduler taking the machine back)
+attention_flops, ffn_flops, head_flops = raw_model.flops_breakdown()
+flops_per_token = attention_flops + ffn_flops + head_flops
+peak_remeasured = False
 
 
 @torch.no_grad()
@@ -342,7 +300,7 @@ def estimate_loss():
         total = 0.0
         for k in range(rank, steps * world_size, world_size):
             # every rank runs the same number of forwards (FSDP's all-gathers need all of them); extras count 0
-            if stop_request and not distributed:  # a signal during a long evaluation: stop now, not after it
+            if run_control.stop_request and not distributed:  # a signal during a long evaluation: stop now
                 model.train()
                 return None
             x, y = batches.eval(split, k % eval_iters)
@@ -390,40 +348,18 @@ def bits_per_byte(loss, split):
 
 
 # ---- run log (runlog.py): a .jsonl appended per line, the whole .json at the end, CSV, wandb; rank 0 only ----
-header = {
-    'run_name': wandb_run_name or os.path.basename(os.path.abspath(out_dir)),
-    'start_time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-    'config': config,
-    'startup_info': {
-        'architecture': model_config.architecture_name(),
-        'model_args': asdict(model_config),
-        'parameters': {'total': raw_model.get_num_params(non_embedding=False),
-                       'trainable': sum(p.numel() for p in raw_model.parameters() if p.requires_grad),
-                       'non_embedding': raw_model.get_num_params(non_embedding=True)},
-        'model': {'n_layer': model_config.n_layer, 'n_head': model_config.n_head, 'n_kv_head': model_config.kv_heads,
-                  'n_embd': model_config.n_embd, 'ffn_hidden': model_config.ffn_hidden_size,
-                  'block_size': block, 'vocab_size': model_config.vocab_size},
-        'training': {'micro_batch': batch_size, 'gradient_accumulation_steps': gradient_accumulation_steps,
-                     'effective_batch': batch_size * gradient_accumulation_steps, 'tokens_per_iter': tokens_per_iter},
-        'hardware': {'device': device, 'device_name': device_name, 'world_size': world_size,
-                     'parallelism': parallelism if distributed else 'single',
-                     'device_memory_gb': torch.cuda.get_device_properties(device).total_memory / 1e9
-                     if device_type == 'cuda' else os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1e9,
-                     'dtype': dtype, 'compile': compile, 'attention_kernel': attention_kernel},
-        'performance': {'flops_per_token': flops_per_token, 'attention_to_ffn_flops': attention_flops / ffn_flops,
-                        'peak_tflops': peak, 'peak_source': peak_source,
-                        'tokens_per_sec_at_50_mfu': 0.5 * peak * 1e12 * world_size / flops_per_token if peak else None},
-        'memory_per_rank': None,  # filled in after the first step, once the optimizer state exists
-        'warmup_s': None,
-        **monitor.reproducibility_info(device_type),
-        'seed': seed,
-        'dataset': {'dir': data_dir, 'sampling': batches.sampling, 'shards': len(streams['train'].paths),
-                    **{k: meta.get(k) for k in ('vocab_size', 'train_tokens', 'val_tokens', 'train_documents',
-                                                'source', 'source_sha256', 'fingerprint')}},
-        'command': ' '.join([sys.executable, *sys.argv]),
-        'resumed_from': {'iter': start_iter} if checkpoint is not None else None,
-    },
-}
+hardware = {'device': device, 'device_name': device_name, 'world_size': world_size,
+            'parallelism': parallelism if distributed else 'single',
+            'device_memory_gb': run_control.device_memory_gb(device), 'dtype': dtype, 'compile': compile,
+            'attention_kernel': attention_kernel}
+dataset_info = {'dir': data_dir, 'sampling': batches.sampling, 'shards': len(streams['train'].paths),
+                **{k: meta.get(k) for k in ('vocab_size', 'train_tokens', 'val_tokens', 'train_documents', 'source',
+                                            'source_sha256', 'fingerprint')}}
+header = {'run_name': wandb_run_name or os.path.basename(os.path.abspath(out_dir)),
+          'start_time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'config': config,
+          'startup_info': run_control.startup_info(model_config, raw_model, batch_size, gradient_accumulation_steps,
+                                                   hardware, (flops_per_token, attention_flops, ffn_flops), peak,
+                                                   peak_source, seed, dataset_info, checkpoint)}
 run_log = runlog.RunLog(out_dir, header, master, wandb_project if wandb_log else None,
                         [f'{t}_{k}' for t in task_names for k in ('acc', 'acc_norm', 'perplexity')])
 
@@ -489,29 +425,115 @@ def stop_non_finite(value):
     finish('non-finite loss', 1)
 
 
-# ---- evaluate only ----
-if eval_only:
-    losses = estimate_loss()
-    result = {split: {'loss': loss, 'perplexity': math.exp(loss), 'bits_per_byte': bits_per_byte(loss, split)}
-              for split, loss in losses.items()}
-    for split, r in result.items():
-        say(f"{split}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}, bits/byte {r['bits_per_byte']:.4f}")
-    run_log.evaluation({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'], 'eval': result})
-    finish('eval_only')
+def evaluate_and_checkpoint(stop):
+    """Losses (and downstream scores) on both splits, logged; a checkpoint; the stop reason after it."""
+    global best_val_loss, t_log, timed_iters
+    losses, scores = estimate_loss(), {}
+    if losses is None:
+        return run_control.stop_request  # cut short by a signal: checkpoint (if there is progress) and stop
+    if task_names and (stop or iter_num % (eval_tasks_interval or eval_interval) == 0):
+        # FSDP ranks must run the same forwards: each scores every item; otherwise items are shared out
+        with attention_context():
+            scores = downstream.evaluate(model if fsdp else raw_model, task_tokenizer, task_names, block_size,
+                                         device, autocast, eval_tasks_limit or None,
+                                         eval_tasks_dir or downstream.DATA_DIR, 0 if fsdp else rank,
+                                         1 if fsdp else world_size, sum_over_ranks if distributed and not fsdp else None)
+    say_note(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}" + ''.join(
+        f", {t} {r.get('acc_norm', r['acc']):.4f}" for t, r in scores.items()))
+    run_log.evaluation({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
+                        'val_bits_per_byte': bits_per_byte(losses['val'], 'val'),
+                        'time_s': round(time.time() - START, 3), **({'downstream': scores} if scores else {})})
+    if not math.isfinite(losses['val']):
+        stop_non_finite(losses['val'])
+    improved = losses['val'] < best_val_loss
+    best_val_loss = min(best_val_loss, losses['val'])
+    if iter_num > start_iter and save_checkpoints:
+        save_checkpoint(stop or 'eval', best=improved and checkpoint_format == 'full')
+    if target_val_loss is not None and losses['val'] <= target_val_loss and stop is None:
+        stop = 'target_val_loss'
+    t_log, timed_iters = time.time(), 0  # evaluation and checkpoint time stay out of the throughput figures
+    return stop
 
-say(monitor.startup_report(header['startup_info']))
 
-# ---- training loop ----
-def on_signal(signum, frame):
-    global stop_request
-    if signum == signal.SIGINT and stop_request == 'interrupted':  # a second Ctrl-C aborts at once
-        raise KeyboardInterrupt
-    stop_request = 'interrupted' if signum == signal.SIGINT else 'preempted'
-    say(f"\n{signal.Signals(signum).name}: finishing this iteration, then checkpointing")
+def log_line():
+    """Every log_interval iterations: the one host sync, where the ranks also agree on stopping. Returns the stop."""
+    global iteration_losses, aux_sum, expert_sum, stats, recent_losses, timed_iters, t_log, peak, peak_source, \
+        peak_remeasured
+    time_up = max_time is not None and time.time() - train_start >= max_time
+    flags = torch.tensor(run_control.stop_votes(time_up), device=device, dtype=torch.float64)
+    totals = sum_over_ranks(torch.cat([torch.stack(iteration_losses), aux_sum.view(1), flags])).tolist()
+    # the mean loss over every micro-step of every rank since the last line
+    per_iteration = [t / gradient_accumulation_steps for t in totals[:-4]]
+    stop = run_control.stop_reason(totals[-3:])
+    mean_loss = sum(per_iteration) / len(per_iteration)
+    recent_losses = (recent_losses + per_iteration)[-loss_window:]
+    if device_type == 'cuda':
+        torch.cuda.synchronize()  # the clock must not run ahead of the device
+    warm = timed_iters == 0  # only the warm-up step since the last line: its time is all there is
+    dt = warmup_s if warm else (time.time() - t_log) / timed_iters
+    tokens_per_sec = tokens_per_iter / dt
+    achieved_tflops = flops_per_token * tokens_per_sec / world_size / 1e12  # the model's FLOP/s per device
+    if peak and achieved_tflops > peak and peak_source.startswith('measured') and not peak_remeasured:
+        # a CPU peak measured on a busy machine is too low: measured again, once (the best measurement is kept)
+        stale, peak_remeasured = peak, True
+        peak, peak_source = perf.measure_cpu_peak_tflops(dtype, again=True)
+        say_note(f"note: {achieved_tflops:.4f} TFLOP/s reached, above the cached CPU peak {stale:.4f}; measured "
+                 f"again: {peak:.4f} TFLOP/s")
+    norm = grad_norm.full_tensor() if hasattr(grad_norm, 'full_tensor') else grad_norm
+    entry = {'iter': iter_num, 'loss': mean_loss,
+             'loss_variance': statistics.pvariance(recent_losses) if len(recent_losses) > 1 else 0.0,
+             'aux_loss': totals[-4] / (len(per_iteration) * gradient_accumulation_steps) if n_expert else None,
+             'lr': get_lr(iter_num - 1), 'grad_norm': float(norm),
+             'grad_clipped': bool(grad_clip and float(norm) > grad_clip), **stats,
+             'time_ms': dt * 1000, 'tokens_per_sec': tokens_per_sec, 'tokens_seen': tokens_seen,
+             'epoch': batches.epoch(iter_num), 'warmup': warm,
+             'mfu': achieved_tflops / peak if peak else None,  # MFU: the model's FLOP/s over the device's peak
+             'achieved_tflops': achieved_tflops, 'flops_per_token': flops_per_token,
+             'eta_s': eta_s(), **monitor.memory_stats(device_type, device)}
+    if expert_sum is not None:  # share of routed slots per expert, per layer, over the interval and all ranks
+        expert_totals = sum_over_ranks(expert_sum)  # each row: slots of every micro-step of every rank
+        entry['expert_fractions'] = (expert_totals / expert_totals.sum(dim=1, keepdim=True)).tolist()
+        expert_sum = None
+    run_log.iteration(entry)
+    if not math.isfinite(mean_loss):
+        stop_non_finite(mean_loss)
+    # above 100% the peak is wrong (a peak_tflops setting, a datasheet entry): said on the line, never hidden
+    peak_note = ' (above the peak: check peak_tflops)' if entry['mfu'] is not None and entry['mfu'] > 1 else ''
+    if bar is not None:  # progress=True on a terminal: one bar, the numbers in its postfix
+        bar.update(iter_num - bar.n)
+        bar.set_postfix_str(f"loss {mean_loss:.4f}, {dt * 1000:.0f} ms/iter, MFU {entry['mfu'] or 0:.1%}{peak_note}")
+    else:
+        say(run_control.console_line(entry, peak_note))
+    iteration_losses, aux_sum, stats = [], zeros(), {}
+    timed_iters, t_log = 0, time.time()
+    return stop
+
+
+def after_step():
+    """The profiler's schedule; the first step's report (compilation, allocator warm-up), apart from throughput."""
+    global profiler, warmup_s, t_log, timed_iters
+    if profiler is not None:
+        profiler.step()
+        if iter_num - start_iter == 6:
+            profiler.stop()
+            profiler = None
+            say(f"profile written to {out_dir}/profile_trace_rank*.json")
+    if warmup_s is None:
+        if device_type == 'cuda':
+            torch.cuda.synchronize()
+        warmup_s = time.time() - t_log
+        state = monitor.state_bytes(raw_model, [optimizers[0].optim] if zero else optimizers)  # ZeRO-1: the share
+        run_log.update_startup(warmup_s=round(warmup_s, 3), memory_per_rank=state)
+        say(run_control.first_step_report(warmup_s, state, compile))
+        t_log, timed_iters = time.time(), 0
+    elif timed_iters == 1 and iter_num == start_iter + 2 and device_type != 'cuda' and master:
+        note = run_control.pace_note(time.time() - t_log, max_iters - iter_num, device_type)
+        if note:
+            say_note(note)
 
 
 def sum_over_shards(t):  # FSDP ranks hold different shards; DDP/ZeRO-1 ranks hold the same full gradients
-    return sum_over_ranks(t) if parallelism == 'fsdp' else t
+    return sum_over_ranks(t) if fsdp else t
 
 
 def zeros():
@@ -525,57 +547,39 @@ def eta_s():
     return min(left, max(0.0, max_time - (time.time() - train_start))) if max_time is not None else left
 
 
-for _signal in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-    signal.signal(_signal, on_signal)
-EXIT_STATUS = {'interrupted': 130, 'preempted': 75}  # 75 (EX_TEMPFAIL): checkpointed, run the same command again
+bar = None
+say_note = say
+if eval_only:  # ---- evaluate only ----
+    losses = estimate_loss()
+    result = {split: {'loss': loss, 'perplexity': math.exp(loss), 'bits_per_byte': bits_per_byte(loss, split)}
+              for split, loss in losses.items()}
+    for split, r in result.items():
+        say(f"{split}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}, bits/byte {r['bits_per_byte']:.4f}")
+    run_log.evaluation({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'], 'eval': result})
+    finish('eval_only')
+
+say(monitor.startup_report(header['startup_info']))
+run_control.catch_stop_signals(say)
 iteration_losses, aux_sum, recent_losses, expert_sum = [], zeros(), [], None
 timed_iters, grad_norm, stop, warmup_s, stats = 0, torch.zeros(()), None, None, {}
 next_batch = batches.prefetch(iter_num, rank)
-profiler = None
-if profile:
-    profiler = torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device_type == 'cuda' else []),
-        schedule=torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1),
-        on_trace_ready=lambda p: p.export_chrome_trace(os.path.join(out_dir, f'profile_trace_rank{rank}.json')))
-    profiler.start()
+profiler = run_control.start_profiler(out_dir, device_type, rank) if profile else None
 bar = monitor.progress_bar(max_iters, 'training', progress and master, initial=iter_num)
 say_note = bar.write if bar is not None else say
 t_log = train_start = time.time()
+# ---- the training loop ----
 while True:
     if iter_num >= max_iters:
         stop = 'max_iters'
-    evaluate = eval_iters and iter_num % eval_interval == 0 and not (iter_num == start_iter and checkpoint is not None)
-    run_eval = evaluate or (eval_iters and stop in ('max_iters', 'max_time') and iter_num != start_iter)
-    losses, scores = estimate_loss() if run_eval else None, {}
-    if run_eval and losses is None:
-        stop = stop_request  # cut short by a signal: checkpoint (if there is progress) and stop
-    elif run_eval:
-        if task_names and (stop or iter_num % (eval_tasks_interval or eval_interval) == 0):
-            # FSDP ranks must run the same forwards: each scores every item; otherwise items are shared out
-            sharded = distributed and parallelism == 'fsdp'
-            scores = downstream.evaluate(model if sharded else raw_model, task_tokenizer, task_names, block, device,
-                                         autocast, eval_tasks_limit or None, eval_tasks_dir or downstream.DATA_DIR,
-                                         0 if sharded else rank, 1 if sharded else world_size,
-                                         sum_over_ranks if distributed and not sharded else None)
-        say_note(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}" + ''.join(
-            f", {t} {r.get('acc_norm', r['acc']):.4f}" for t, r in scores.items()))
-        run_log.evaluation({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
-                            'val_bits_per_byte': bits_per_byte(losses['val'], 'val'),
-                            'time_s': round(time.time() - START, 3), **({'downstream': scores} if scores else {})})
-        if not math.isfinite(losses['val']):
-            stop_non_finite(losses['val'])
-        improved = losses['val'] < best_val_loss
-        best_val_loss = min(best_val_loss, losses['val'])
-        if iter_num > start_iter and save_checkpoints:
-            save_checkpoint(stop or 'eval', best=improved and checkpoint_format == 'full')
-        if target_val_loss is not None and losses['val'] <= target_val_loss and stop is None:
-            stop = 'target_val_loss'
-        t_log, timed_iters = time.time(), 0  # evaluation and checkpoint time stay out of the throughput figures
+    if eval_iters and (iter_num % eval_interval == 0 and not (iter_num == start_iter and checkpoint is not None)
+                       or stop in ('max_iters', 'max_time') and iter_num != start_iter):
+        stop = evaluate_and_checkpoint(stop)
     if stop:
         if last_saved != iter_num and save_checkpoints:
             save_checkpoint(stop)
-        finish(stop, EXIT_STATUS.get(stop, 0))
+        finish(stop, run_control.EXIT_STATUS.get(stop, 0))
 
+    # ======================== one training step ========================
     will_log = (iter_num + 1) % log_interval == 0 or iter_num + 1 == max_iters  # this step ends on a log line
     layer_stats = will_log and (iter_num + 1) % grad_stats_interval == 0
     lr_scale = get_lr(iter_num) / learning_rate if learning_rate else 0.0
@@ -587,7 +591,7 @@ while True:
         last = j == local_accumulation - 1
         x, y, dropout_seed = next_batch.result()
         torch.manual_seed(dropout_seed)  # dropout masks follow the micro-step, not the rank
-        if distributed and parallelism == 'fsdp':
+        if fsdp:
             model.set_requires_gradient_sync(last)  # reduce-scatter gradients only after the last micro-step
         elif distributed:
             model.require_backward_grad_sync = last  # DDP: all-reduce only after the last micro-step
@@ -616,82 +620,16 @@ while True:
         opt.zero_grad(set_to_none=True)
     if weights_before is not None:
         stats['update_to_weight'] = monitor.update_ratios(raw_model, weights_before, sum_over_shards)
-    if profiler is not None:
-        profiler.step()
-        if iter_num - start_iter == 5:
-            profiler.stop()
-            profiler = None
-            say(f"profile written to {out_dir}/profile_trace_rank*.json")
     iter_num += 1
     timed_iters += 1
     tokens_seen += tokens_per_iter
-    if warmup_s is None:  # the first step (compilation, allocator warm-up) is reported apart from throughput
-        if device_type == 'cuda':
-            torch.cuda.synchronize()
-        warmup_s = time.time() - t_log
-        # ZeRO-1 wraps the AdamW that holds this rank's share of the optimizer state
-        state = monitor.state_bytes(raw_model, [optimizers[0].optim] if zero else optimizers)
-        run_log.update_startup(warmup_s=round(warmup_s, 3), memory_per_rank=state)
-        say(f"first step {warmup_s:.2f} s{' (compilation included)' if compile else ''}; memory per rank: "
-            + ', '.join(f"{k.replace('_bytes', '')} {v / 2 ** 20:.2f} MiB" for k, v in state.items()))
-        t_log, timed_iters = time.time(), 0
-    elif timed_iters == 1 and iter_num == start_iter + 2 and device_type != 'cuda':
-        # a run far longer than a CPU user likely expects (a 124M model): say so once, with the measured pace
-        projected = (time.time() - t_log) * (max_iters - iter_num)
-        if projected > 1800 and master:
-            say_note(f"note: {time.time() - t_log:.1f} s per iteration on this {device_type}, so the "
-                     f"{max_iters - iter_num:,} iterations left take about {monitor.duration(projected)} (plus "
-                     f"evaluations). On a CPU, config/train_shakespeare_char_cpu.py trains in about a minute.")
+    # ====================================================================
 
-    time_up = max_time is not None and time.time() - train_start >= max_time
-    if will_log:  # ranks agree on stopping here, where they synchronise anyway; one process checks every step
-        flags = torch.tensor([stop_request == 'preempted', stop_request == 'interrupted', time_up], device=device,
-                             dtype=torch.float64)
-        totals = sum_over_ranks(torch.cat([torch.stack(iteration_losses), aux_sum.view(1), flags])).tolist()
-        per_iteration = [t / gradient_accumulation_steps for t in totals[:-4]]
-        total_aux, votes = totals[-4], totals[-3:]
-    elif not distributed:
-        votes = [stop_request == 'preempted', stop_request == 'interrupted', time_up]
-    else:
-        votes = [0, 0, 0]
-    stop = next((reason for reason, vote in zip(('preempted', 'interrupted', 'max_time'), votes) if vote), None)
+    after_step()
     if will_log:
-        # the one host sync per log interval: the mean loss over every micro-step of every rank since the last line
-        n_iters = len(per_iteration)
-        mean_loss = sum(per_iteration) / n_iters
-        recent_losses = (recent_losses + per_iteration)[-loss_window:]
-        mean_aux = total_aux / (n_iters * gradient_accumulation_steps) if model_config.n_expert else None
-        if device_type == 'cuda':
-            torch.cuda.synchronize()  # the clock must not run ahead of the device
-        warm = timed_iters == 0  # only the warm-up step since the last line: its time is all there is
-        dt = warmup_s if warm else (time.time() - t_log) / timed_iters
-        tokens_per_sec = tokens_per_iter / dt
-        norm = grad_norm.full_tensor() if hasattr(grad_norm, 'full_tensor') else grad_norm
-        entry = {'iter': iter_num, 'loss': mean_loss,
-                 'loss_variance': statistics.pvariance(recent_losses) if len(recent_losses) > 1 else 0.0,
-                 'aux_loss': mean_aux, 'lr': get_lr(iter_num - 1), 'grad_norm': float(norm),
-                 'grad_clipped': bool(grad_clip and float(norm) > grad_clip), **stats,
-                 'time_ms': dt * 1000, 'tokens_per_sec': tokens_per_sec, 'tokens_seen': tokens_seen,
-                 'epoch': batches.epoch(iter_num), 'warmup': warm,
-                 'mfu': perf.mfu(flops_per_token, tokens_per_sec, peak, world_size),
-                 'achieved_tflops': flops_per_token * tokens_per_sec / world_size / 1e12,
-                 'flops_per_token': flops_per_token, 'eta_s': eta_s(), **monitor.memory_stats(device_type, device)}
-        if expert_sum is not None:  # share of routed slots per expert, per layer, over the interval and all ranks
-            totals = sum_over_ranks(expert_sum)  # each row: slots of every micro-step of every rank
-            entry['expert_fractions'] = (totals / totals.sum(dim=1, keepdim=True)).tolist()
-            expert_sum = None
-        run_log.iteration(entry)
-        if not math.isfinite(mean_loss):
-            stop_non_finite(mean_loss)
-        line = (f"iter {iter_num}: loss {mean_loss:.4f}, lr {entry['lr']:.2e}, grad norm {entry['grad_norm']:.2f}, "
-                f"{dt * 1000:.1f} ms/iter, {tokens_per_sec:,.0f} tok/s, epoch {entry['epoch']:.3f}"
-                + (f", MFU {entry['mfu']:.1%}" if entry['mfu'] is not None else '')
-                + (f", mem {entry['memory_allocated_mb']:,.0f} MiB" if entry['memory_allocated_mb'] else '')
-                + f", ETA {monitor.duration(entry['eta_s'])}")
-        if bar is not None:  # progress=True on a terminal: one bar, the numbers in its postfix
-            bar.update(iter_num - bar.n)
-            bar.set_postfix_str(f"loss {mean_loss:.4f}, {dt * 1000:.0f} ms/iter, MFU {entry['mfu'] or 0:.1%}")
-        else:
-            say(line)
-        iteration_losses, aux_sum, stats = [], zeros(), {}
-        timed_iters, t_log = 0, time.time()
+        stop = log_line()
+    elif not distributed:  # one process checks every step; ranks agree only at log lines, where they sync anyway
+        stop = run_control.stop_reason(run_control.stop_votes(max_time is not None and
+                                                              time.time() - train_start >= max_time))
+    else:
+        stop = None

@@ -28,7 +28,8 @@ ROOT = os.path.dirname(HERE)
 TIMING = {'time_ms', 'tokens_per_sec', 'mfu', 'achieved_tflops', 'eta_s', 'time_s', 'total_time_s', 'warmup_s',
           'memory_allocated_mb', 'memory_peak_mb', 'memory_reserved_mb', 'warmup', 'start_time', 'command', 'git',
           'peak_tflops', 'peak_source', 'tokens_per_sec_at_50_mfu', 'device_memory_gb', 'run_name', 'dir', 'path',
-          'out_dir', 'data_dir', 'eval_tasks_dir', 'versions', 'python', 'platform', 'hostname'}
+          'out_dir', 'data_dir', 'eval_tasks_dir', 'versions', 'python', 'platform', 'hostname', 'git_commit',
+          'git_dirty'}
 TINY = ['--arch_preset=llama', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4',
         '--device=cpu', '--dtype=float32', '--eval_iters=2', '--log_interval=2', '--grad_stats_interval=4',
         '--peak_tflops=1']
@@ -196,8 +197,8 @@ def compare(a, b, allowed_console=()):
             found.append(f"{name}: only in one record")
             continue
         x, y = a['runs'][name], b['runs'][name]
-        for key in ('returncode', 'errors', 'log', 'schema', 'checkpoints'):
-            found += [f"{name}.{key}.{d}" for d in differences(x[key], y[key])]
+        for key in ('returncode', 'errors', 'log', 'schema', 'checkpoints'):  # strip: a record made before a field
+            found += [f"{name}.{key}.{d}" for d in differences(strip(x[key]), strip(y[key]))]  # joined TIMING
         lines_x = [line for line in x['console'] if not any(re.search(p, line) for p in allowed_console)]
         lines_y = [line for line in y['console'] if not any(re.search(p, line) for p in allowed_console)]
         if lines_x != lines_y:

@@ -1,4 +1,6 @@
+import ast
 import os
+import runpy
 import subprocess
 import sys
 import textwrap
@@ -92,3 +94,29 @@ def test_every_config_file_uses_known_keys(name):
     exec(open(os.path.join(ROOT, 'config', name)).read(), scope)
     unknown = {k for k in scope if not k.startswith('_')} - keys
     assert not unknown, f'{name} sets unknown keys {unknown}'
+
+
+def test_train_py_names_every_architecture_field():
+    # a newcomer finds each switch in train.py with one search: every GPTConfig field is a global there
+    from model import GPTConfig
+    tree = ast.parse(open(os.path.join(ROOT, 'train.py')).read())
+    named = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+    assert set(GPTConfig.__dataclass_fields__) <= named
+
+
+@pytest.mark.parametrize('name', ['arch_gpt2.py', 'arch_llama.py', 'arch_team.py', 'arch_custom.py'])
+def test_quick_start_architecture_configs_train(name, tmp_path):
+    from helpers import make_char_dataset, run, run_logs
+    from model import GPTConfig
+    path = os.path.join(ROOT, 'config', name)
+    settings = runpy.run_path(path)
+    assert len(open(path).read().splitlines()) <= 12  # a few lines each
+    data = make_char_dataset(tmp_path / 'data')
+    r = run('train.py', path, f'--data_dir={data}', f'--out_dir={tmp_path / "o"}', '--max_iters=2', '--eval_iters=1',
+            '--compile=False', '--device=cpu')
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = run_logs(tmp_path / 'o')[0]
+    expected = GPTConfig.from_preset(settings['arch_preset'], vocab_size=log['config']['vocab_size'],
+                                     **{k: v for k, v in settings.items() if k in GPTConfig.__dataclass_fields__})
+    assert log['startup_info']['architecture'] == expected.architecture_name()
+    assert log['config']['block_size'] == settings['block_size'] == 64  # the config the run logs is the model's

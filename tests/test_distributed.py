@@ -38,8 +38,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp('dist')
     data = make_char_dataset(root / 'data')
     train(data, root / 'single', *RUN)
-    for mode in ('ddp', 'zero1', 'fsdp'):
-        torchrun(data, root / mode, *RUN, f'--parallelism={mode}')
+    # zero1 and fsdp launched with the flags users of nanoGPT-style trainers type: aliases of parallelism
+    for mode, flag in (('ddp', '--parallelism=ddp'), ('zero1', '--use_zero1=True'), ('fsdp', '--use_fsdp=True')):
+        torchrun(data, root / mode, *RUN, flag)
     return root, data
 
 

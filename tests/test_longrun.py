@@ -147,10 +147,19 @@ def test_progress_and_a_note_for_runs_far_too_long(data, tmp_path):
     assert 'note:' not in short.stdout
 
 
-def test_flags_of_other_trainers_are_pointed_errors(data, tmp_path):
-    for flag, setting in (('--use_fsdp=True', '--parallelism=fsdp'), ('--use_zero1=True', '--parallelism=zero1')):
-        r = train(data, tmp_path / 'o', flag, check=False)
-        assert r.returncode == 2 and setting in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_flags_of_other_trainers_are_aliases_and_a_conflict_is_one_line(data, tmp_path):
+    for flag, mode in (('--use_fsdp=True', 'fsdp'), ('--use_zero1=True', 'zero1')):
+        train(data, tmp_path / mode, flag, '--max_iters=1', '--eval_interval=1')
+        assert run_logs(tmp_path / mode)[0]['config']['parallelism'] == mode
+    assert run_logs(tmp_path / 'fsdp')[0]['startup_info']['hardware']['parallelism'] == 'single'  # no torchrun
+    for flags in (('--use_fsdp=True', '--parallelism=zero1'), ('--parallelism=ddp', '--use_zero1=True'),
+                  ('--use_fsdp=True', '--use_zero1=True')):
+        r = train(data, tmp_path / 'x', *flags, check=False)
+        assert r.returncode == 2 and 'conflicts with' in r.stderr and len(r.stderr.strip().splitlines()) == 1, flags
+    r = train(data, tmp_path / 'x', '--use_fsdp=yes', check=False)
+    assert r.returncode == 2 and 'expected True or False' in r.stderr
+    ok = train(data, tmp_path / 'y', '--use_fsdp=False', '--parallelism=zero1', '--max_iters=1', '--eval_interval=1')
+    assert ok.returncode == 0
 
 
 def test_shakespeare_char_is_prepared_on_first_use(tmp_path):
