@@ -4,6 +4,8 @@ The process group of a torchrun launch, and the collectives through which train.
 In one process (no torchrun, so no group) each function works on this process's own value.
 """
 import os
+import time
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -18,10 +20,37 @@ def init(device):
     # ranks restarted by torchrun (--max-restarts) meet in the same store as the ranks before them: keys under a
     # prefix of their own, so no rank reads a dead one's address
     store, _, _ = next(dist.rendezvous('env://', rank, world_size))
-    store = dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    store = dist.PrefixStore(meeting_prefix(store, rank, world_size), store)
     dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo', store=store, rank=rank,
                             world_size=world_size)
     return device
+
+
+def meeting_prefix(store, rank, world_size):
+    """A store prefix that every rank of this start of the workers shares and no earlier start used.
+
+    Not TORCHELASTIC_RESTART_COUNT: each node's agent counts its own workers' failures, so after a worker on one
+    node dies it is 1 there and still 0 on the others, which then read the dead ranks' keys. Rank 0 takes a fresh
+    number and answers each rank that asks with it; a rank that asked a dead rank 0 (whose number is still in the
+    store) gets no answer and asks again."""
+    if rank == 0:
+        number = store.add('meeting/number', 1)
+        store.set('meeting/rank0', str(number))
+        for r in range(1, world_size):
+            ticket = store.get(f'meeting/{number}/rank{r}').decode()
+            store.set(f'meeting/answer/{ticket}', str(number))
+        return f'meeting/{number}/'
+    ticket = store.add('meeting/number', 1)  # unique to this process, so no earlier rank 0 answered it
+    deadline = time.monotonic() + store.timeout.total_seconds()
+    while True:
+        number = store.get('meeting/rank0').decode()
+        store.set(f'meeting/{number}/rank{rank}', str(ticket))
+        try:
+            store.wait([f'meeting/answer/{ticket}'], timedelta(seconds=1))
+            return f"meeting/{store.get(f'meeting/answer/{ticket}').decode()}/"
+        except dist.DistStoreError:  # no answer yet: a dead rank 0's number, or a slow live one
+            if time.monotonic() > deadline:
+                raise
 
 
 def sum_over_ranks(t):
