@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from files import atomic_write
+from model import GPT, GPTConfig
 from process_group import any_rank, from_rank_0
 
 # torch.distributed.checkpoint is imported inside the functions that use it: it adds a second to every start-up
@@ -69,6 +70,48 @@ def load_newest(paths):
         except Exception as e:
             print(f"warning: skipping unreadable checkpoint {path} ({type(e).__name__})", file=sys.stderr)
     return None, None
+
+
+class LoadError(Exception):
+    """Why there is no model to sample from or evaluate, in one line."""
+
+
+def load_model(out_dir='out', ckpt='', init_from='', data_dir=''):
+    """The model to sample from or evaluate: a Hugging Face folder or hub name (init_from, through convert.py), a
+    checkpoint file (ckpt), or the newest loadable checkpoint in out_dir. Returns (model, tokenizer spec or None,
+    the folder the tokenizer's files are in, iteration, source); LoadError names what is missing."""
+    if init_from:
+        import convert  # the Hugging Face side, only for its sources
+        try:
+            model, spec = convert.load_hf(convert.resolve_hf(init_from))
+        except convert.ConversionError as e:
+            raise LoadError(str(e))
+        return model, spec, data_dir, 0, init_from
+    if ckpt:
+        if not os.path.exists(ckpt):
+            raise LoadError(f"checkpoint {ckpt!r} not found")
+        try:
+            checkpoint, path = load(ckpt), ckpt
+        except Exception as e:
+            raise LoadError(f"cannot read checkpoint {ckpt!r} ({type(e).__name__})")
+    else:
+        checkpoint, path = load_newest(list_checkpoints(out_dir))
+        if checkpoint is None:
+            raise LoadError(f"no loadable checkpoint in {out_dir!r}")
+    if 'sharded' in checkpoint:
+        raise LoadError(f"{path} is a sharded checkpoint, which only train.py resumes (under FSDP on "
+                        f"{checkpoint['world_size']} ranks); pass --ckpt=PATH of a full one (checkpoint_format='full')")
+    model = GPT(GPTConfig(**checkpoint['model_args']))
+    model.load_state_dict(checkpoint['model'])
+    return model, (checkpoint.get('meta') or {}).get('tokenizer'), dataset_dir(checkpoint, data_dir), \
+        checkpoint['iter_num'], path
+
+
+def dataset_dir(checkpoint, data_dir=''):
+    """Where the tokenizer's files of a checkpoint are: data_dir, else the dataset folder it was trained on."""
+    config = checkpoint.get('config') or {}
+    return data_dir or config.get('data_dir') or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+                                                              config.get('dataset', ''))
 
 
 class ResumeError(Exception):

@@ -283,31 +283,6 @@ def load_hf(hf_dir):
     return model, hf_tokenizer_spec(hf_dir, config)
 
 
-def load_model(out_dir='out', ckpt='', init_from='', data_dir=''):
-    """The model to sample from or evaluate: a Hugging Face folder or hub name (init_from), a checkpoint file
-    (ckpt), or the newest loadable checkpoint in out_dir. Returns (model, tokenizer spec or None, the folder the
-    tokenizer's files are in, iteration, source); ConversionError names what is missing."""
-    if init_from:
-        model, spec = load_hf(resolve_hf(init_from))
-        return model, spec, data_dir, 0, init_from
-    if ckpt and not os.path.isfile(ckpt):
-        raise ConversionError(f"checkpoint {ckpt!r} not found")
-    checkpoint, ckpt = ckpt_files.load_newest([ckpt] if ckpt else ckpt_files.list_checkpoints(out_dir))
-    if checkpoint is None:
-        raise ConversionError(f"no loadable checkpoint {'in ' + repr(out_dir) if not ckpt else ''}")
-    model = GPT(GPTConfig(**checkpoint['model_args']))
-    model.load_state_dict(checkpoint['model'])
-    return model, (checkpoint.get('meta') or {}).get('tokenizer'), dataset_dir(checkpoint, data_dir), \
-        checkpoint['iter_num'], ckpt
-
-
-def dataset_dir(checkpoint, data_dir=''):
-    """Where the tokenizer's files of a checkpoint are: data_dir, else the dataset folder it was trained on."""
-    config = checkpoint.get('config') or {}
-    return data_dir or config.get('data_dir') or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
-                                                              config.get('dataset', ''))
-
-
 def hf_tokenizer_spec(hf_dir, config):
     """How tokenizer.py should rebuild this model's tokenizer: the folder's own files when it has any."""
     names = set(os.listdir(hf_dir))
@@ -415,7 +390,7 @@ def export(source, hf_dir, data_dir=''):
     ckpt = ckpt_files.load(source)
     config = GPTConfig(**ckpt['model_args'])
     spec = (ckpt.get('meta') or {}).get('tokenizer')
-    tokenizer, folder = None, dataset_dir(ckpt, data_dir)
+    tokenizer, folder = None, ckpt_files.dataset_dir(ckpt, data_dir)
     if spec:  # the tokenizer it was trained with gives the end-of-text id and the tokenizer files
         try:
             tokenizer = Tokenizer(spec, folder)

@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 
 import checkpoint as ckpt_files
-import convert
 import downstream
 import files
 import perf
@@ -59,8 +58,8 @@ if distributed and not (ckpt or init_from):  # rank 0 picks the checkpoint, so e
     ckpt = process_group.from_rank_0(
         ckpt_files.load_newest(ckpt_files.list_checkpoints(out_dir))[1] if rank == 0 else None) or ''
 try:
-    model, spec, spec_dir, iteration, source = convert.load_model(out_dir, ckpt, init_from, data_dir)
-except convert.ConversionError as e:
+    model, spec, spec_dir, iteration, source = ckpt_files.load_model(out_dir, ckpt, init_from, data_dir)
+except ckpt_files.LoadError as e:
     die(str(e), every_rank_alike=False)
 if spec is None:
     die("this model carries no tokenizer: evaluate a checkpoint of train.py or a folder with tokenizer files")

@@ -7,7 +7,7 @@ Sample from a trained model.
 """
 import torch
 
-import convert
+import checkpoint as ckpt_files
 import perf
 from errors import die
 from configurator import configure
@@ -30,8 +30,8 @@ configure(globals(), types={'top_k': int, 'top_p': float})
 
 
 try:
-    model, spec, spec_dir, _, _ = convert.load_model(out_dir, ckpt, init_from, data_dir)
-except convert.ConversionError as e:
+    model, spec, spec_dir, _, _ = ckpt_files.load_model(out_dir, ckpt, init_from, data_dir)
+except ckpt_files.LoadError as e:
     die(str(e))
 if device == 'auto':
     device = perf.default_device()

@@ -260,6 +260,13 @@ def test_bad_inputs_fail_cleanly_and_keep_existing_files(data, tmp_path):
 def test_sample_bad_inputs(data, tmp_path):
     assert 'no loadable checkpoint' in one_error_line(run('sample.py', f'--out_dir={tmp_path}', in_process=False))
     assert 'not found' in one_error_line(run('sample.py', f'--ckpt={tmp_path}/x.pt'))
+    (tmp_path / 'torn.pt').write_bytes(b'not a whole checkpoint')
+    assert 'cannot read checkpoint' in one_error_line(run('sample.py', f'--ckpt={tmp_path}/torn.pt'))
+    import checkpoint as ckpt_files
+    (tmp_path / 'ckpt_4').mkdir()  # a sharded checkpoint: train_state.pt and the shards' .metadata
+    (tmp_path / 'ckpt_4' / '.metadata').write_bytes(b'')
+    ckpt_files.save({'iter_num': 4, 'world_size': 2}, str(tmp_path / 'ckpt_4' / 'train_state.pt'))
+    assert 'sharded checkpoint' in one_error_line(run('sample.py', f'--out_dir={tmp_path}'))
 
 
 def test_wandb_offline(data, tmp_path, monkeypatch):
