@@ -1,5 +1,6 @@
 """
-The process group of a torchrun launch, and the collectives through which train.py and eval.py ranks agree.
+The process group of a torchrun launch, the collectives through which train.py and eval.py ranks agree, and how
+a model is spread over the ranks (DDP, or FSDP's shards).
 
 In one process (no torchrun, so no group) each function works on this process's own value.
 """
@@ -75,3 +76,31 @@ def from_rank_0(value):
         dist.broadcast_object_list(box, src=0)
         value = box[0]
     return value
+
+
+def parallelize(raw_model, mode, device, dtype, compile_options=None, reshard_after_forward=True):
+    """The model train.py steps: raw_model itself (mode None: one process), wrapped by DDP (ddp, zero1) or sharded
+    in place by FSDP2 (fsdp; raw_model was built on the meta device: each rank allocates and draws only its
+    shards). compile_options: torch.compile's keyword arguments, or None not to compile."""
+    if mode == 'fsdp':
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if dtype == 'bfloat16' else MixedPrecisionPolicy()
+        for block in raw_model.blocks:
+            if compile_options is not None:
+                block.compile(**compile_options)  # per block, before sharding
+            fully_shard(block, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
+        model = fully_shard(raw_model, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
+        raw_model.to_empty(device=device)
+        raw_model.init_weights()
+        return model
+    if compile_options is not None:
+        raw_model.compile(**compile_options)  # in place: no _orig_mod. in state_dict keys
+    if mode is None:
+        return raw_model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    # broadcast_buffers=False: no buffer is state that ranks must share (the RoPE tables are constants, MoE's
+    # expert_fraction is each rank's own statistic, rewritten every forward), so DDP's broadcast before every
+    # forward would be traffic for nothing
+    return DDP(raw_model, device_ids=[int(os.environ.get('LOCAL_RANK', 0))] if device.startswith('cuda') else None,
+               broadcast_buffers=False)

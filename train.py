@@ -20,7 +20,6 @@ from dataclasses import asdict, fields, replace
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint as ckpt_files
 import convert
@@ -137,7 +136,7 @@ START = time.time()
 
 # torchrun sets RANK/WORLD_SIZE; gradient_accumulation_steps is global and split over the ranks
 distributed = 'RANK' in os.environ
-rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
+rank = int(os.environ.get('RANK', 0))
 world_size = int(os.environ.get('WORLD_SIZE', 1))
 master = rank == 0
 
@@ -231,27 +230,11 @@ with torch.device('meta' if fsdp else device):  # FSDP: built without memory, fi
 full_weights = checkpoint['model'] if checkpoint is not None and 'sharded' not in checkpoint else hf_state
 if full_weights is not None and not fsdp:
     raw_model.load_state_dict(full_weights)
-if fsdp:
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if dtype == 'bfloat16' else MixedPrecisionPolicy()
-    for block_module in raw_model.blocks:
-        if compile:
-            block_module.compile(mode=compile_mode, dynamic=compile_dynamic)  # per block, before sharding
-        fully_shard(block_module, mp_policy=mp_policy, reshard_after_forward=fsdp_reshard_after_forward)
-    model = fully_shard(raw_model, mp_policy=mp_policy, reshard_after_forward=fsdp_reshard_after_forward)
-    raw_model.to_empty(device=device)  # each rank allocates its shards only, then draws or loads into them
-    raw_model.init_weights()
-    if full_weights is not None:
-        ckpt_files.load_full_model_state(model, full_weights)
-else:
-    if compile:
-        raw_model.compile(mode=compile_mode, dynamic=compile_dynamic)  # in place: no _orig_mod. in state_dict keys
-    # broadcast_buffers=False: no buffer is state that ranks must share (the RoPE tables are constants, MoE's
-    # expert_fraction is each rank's own statistic, rewritten every forward), so DDP's broadcast before every
-    # forward would be traffic for nothing
-    model = DDP(raw_model, device_ids=[local_rank] if device_type == 'cuda' else None,
-                broadcast_buffers=False) if distributed else raw_model
+model = process_group.parallelize(raw_model, parallelism if distributed else None, device, dtype,
+                                  dict(mode=compile_mode, dynamic=compile_dynamic) if compile else None,
+                                  fsdp_reshard_after_forward)
+if full_weights is not None and fsdp:
+    ckpt_files.load_full_model_state(model, full_weights)
 optimizers = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, optimizer, zero)
 for _group in (g for opt in optimizers for g in opt.param_groups):
     _group['base_lr'] = _group['lr']  # the schedule scales every group's own learning rate
