@@ -195,6 +195,42 @@ def load_optimizer_state(model, raw_model, optimizers, state, zero):
         set_optimizer_state_dict(model, optimizers, state, options=StateDictOptions(full_state_dict=True))
 
 
+def save_training(model, raw_model, optimizers, zero, train_state, out_dir, sharded, best, master):
+    """ckpt_<iter> of a training run (best=True: best.pt too, full format only). Collective: every rank calls it.
+    Returns (path, '' or why this rank's write failed); a failed write leaves every earlier file as it was."""
+    path = os.path.join(out_dir, f"ckpt_{train_state['iter_num']}")
+    if sharded:
+        return path, save_sharded(model, optimizers, train_state, path, master)
+    model_state, optim_state = full_state(model, raw_model, optimizers, zero)
+    path += '.pt'
+    failed = ''
+    if master:
+        ckpt = {'model': model_state, 'optimizer': optim_state, **train_state}
+        for target in [path] + ([os.path.join(out_dir, 'best.pt')] if best else []):
+            try:
+                save(ckpt, target)
+            except OSError as e:
+                failed = failed or f"could not write {target}: {e.strerror or e}"
+    return path, failed
+
+
+def restore_training(checkpoint, model, raw_model, optimizers, scaler, zero):
+    """A resumed run's optimizer and scaler state; returns (iter_num, best_val_loss, tokens_seen). Loading an
+    optimizer state also loads the saved groups' lr, base_lr, weight_decay, betas...: this run's settings win, so
+    a resumed run follows the schedule and hyperparameters of its own command line."""
+    settings = [[{k: v for k, v in g.items() if k != 'params'} for g in opt.param_groups] for opt in optimizers]
+    if 'sharded' in checkpoint:
+        load_sharded(model, optimizers, checkpoint['sharded'])
+    elif checkpoint.get('optimizer'):  # an imported model (convert.py import) starts with a fresh optimizer
+        load_optimizer_state(model, raw_model, optimizers, checkpoint['optimizer'], zero)
+    for opt, groups in zip(optimizers, settings):
+        for group, own in zip(opt.param_groups, groups):
+            group.update(own)
+    if 'scaler' in checkpoint:
+        scaler.load_state_dict(checkpoint['scaler'])
+    return checkpoint['iter_num'], checkpoint['best_val_loss'], checkpoint['tokens_seen']
+
+
 def save_sharded(model, optimizers, train_state, path, master):
     """Each rank writes its shards into path.tmp; rank 0 adds train_state.pt and swaps the folder into place.
     Collective. Returns '' or why this rank failed; if any rank fails, every rank stops saving and the previous

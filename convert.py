@@ -21,6 +21,7 @@ import torch
 from dataclasses import asdict, replace
 
 import checkpoint as ckpt_files
+from errors import die
 from model import GPT, GPTConfig
 from tokenizer import Tokenizer
 
@@ -283,6 +284,14 @@ def load_hf(hf_dir):
     return model, hf_tokenizer_spec(hf_dir, config)
 
 
+def load_for_training(init_from, **settings):
+    """(GPTConfig, state_dict) to start train.py from a Hugging Face model (init_from = hf:<dir> or a GPT2_HUB_NAMES
+    name). The weights fix the architecture: settings may only be the ones that leave the function unchanged
+    (dropout, attention_backend, gradient_checkpointing); a None setting keeps the model's."""
+    model, _ = load_hf(resolve_hf(init_from))
+    return replace(model.config, **{k: v for k, v in settings.items() if v is not None}), model.state_dict()
+
+
 def hf_tokenizer_spec(hf_dir, config):
     """How tokenizer.py should rebuild this model's tokenizer: the folder's own files when it has any."""
     names = set(os.listdir(hf_dir))
@@ -440,9 +449,7 @@ def main(argv):
         else:
             print(f"imported {argv[1]} to {import_(argv[1], argv[2])}")
     except (ConversionError, ValueError, KeyError) as e:
-        message = f"missing tensor {e}" if isinstance(e, KeyError) else str(e)
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        die(f"missing tensor {e}" if isinstance(e, KeyError) else str(e))
     return 0
 
 

@@ -187,3 +187,16 @@ def why_no_flash_attention(config, device, dtype):
             f'it needs dtype bfloat16 or float16, not {dtype}' if dtype == 'float32' else
             "attention_backend is 'manual'" if config.attention_backend != 'sdpa' else
             f'head size {head} is not a multiple of 8 up to 256' if head % 8 or head > 256 else None)
+
+
+def attention_for_run(flash_attention, config, device, dtype):
+    """(context factory entered around every forward, name of the SDPA kernel that runs). Raises ValueError when
+    flash_attention='require' cannot be kept, with the reason, instead of a silent fallback."""
+    why = why_no_flash_attention(config, device, dtype) if flash_attention == 'require' else None
+    if why:
+        raise ValueError(f"flash_attention='require' but FlashAttention cannot run here: {why}")
+    context = attention_context(flash_attention)
+    kernel = sdpa_backend_in_use(config, device, getattr(torch, dtype), context)
+    if flash_attention == 'require' and kernel != 'flash':
+        raise ValueError(f"flash_attention='require' but SDPA does not run FlashAttention for this model ({kernel})")
+    return context, kernel

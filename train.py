@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, fields
 
 import torch
 import torch.distributed as dist
@@ -182,15 +182,11 @@ if checkpoint is not None:
     model_config = GPTConfig(**checkpoint['model_args'])
 elif init_from not in ('scratch', 'auto'):
     try:
-        hf_model, _ = convert.load_hf(convert.resolve_hf(init_from))
+        model_config, hf_state = convert.load_for_training(init_from, dropout=dropout,
+                                                           attention_backend=attention_backend,
+                                                           gradient_checkpointing=gradient_checkpointing)
     except convert.ConversionError as e:
         die(str(e))
-    # the weights fix the architecture; only settings that leave the function unchanged may be overridden
-    model_config = replace(hf_model.config, **{k: globals()[k] for k in ('dropout', 'attention_backend',
-                                                                        'gradient_checkpointing')
-                                               if globals()[k] is not None})
-    hf_state = hf_model.state_dict()
-    del hf_model
 else:
     overrides = {k: globals()[k] for k in ARCH_FIELDS if globals()[k] is not None}
     overrides.setdefault('vocab_size', meta['vocab_size'])
@@ -212,14 +208,10 @@ autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=d
 torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on TF32 tensor cores (and MFU counts TF32 peaks)
 torch.backends.cudnn.allow_tf32 = True
 
-# ---- attention kernel: flash_attention's promise, and which SDPA backend really runs ----
-attention_context = perf.attention_context(flash_attention)  # entered around every forward of the run
-_why = perf.why_no_flash_attention(model_config, device, dtype) if flash_attention == 'require' else None
-if _why:
-    die(f"flash_attention='require' but FlashAttention cannot run here: {_why}")
-attention_kernel = perf.sdpa_backend_in_use(model_config, device, ptdtype, attention_context)
-if flash_attention == 'require' and attention_kernel != 'flash':
-    die(f"flash_attention='require' but SDPA does not run FlashAttention for this model ({attention_kernel})")
+try:  # the attention kernel: flash_attention's promise kept, and the SDPA backend that really runs named
+    attention_context, attention_kernel = perf.attention_for_run(flash_attention, model_config, device, dtype)
+except ValueError as e:
+    die(str(e))
 
 # ---- model, parallel wrapping, optimizer, state ----
 torch.manual_seed(seed)  # the same initial weights on every rank
@@ -241,19 +233,8 @@ for _group in (g for opt in optimizers for g in opt.param_groups):
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 iter_num, best_val_loss, tokens_seen = 0, float('inf'), 0
 if checkpoint is not None:
-    # loading an optimizer state also loads the saved groups' lr, base_lr, weight_decay, betas...: this run's
-    # settings win, so a resumed run follows the schedule and hyperparameters of its own command line
-    settings = [[{k: v for k, v in g.items() if k != 'params'} for g in opt.param_groups] for opt in optimizers]
-    if 'sharded' in checkpoint:
-        ckpt_files.load_sharded(model, optimizers, checkpoint['sharded'])
-    elif checkpoint.get('optimizer'):  # an imported model (convert.py import) starts with a fresh optimizer
-        ckpt_files.load_optimizer_state(model, raw_model, optimizers, checkpoint['optimizer'], zero)
-    for opt, groups in zip(optimizers, settings):
-        for group, own in zip(opt.param_groups, groups):
-            group.update(own)
-    if 'scaler' in checkpoint:
-        scaler.load_state_dict(checkpoint['scaler'])
-    iter_num, best_val_loss, tokens_seen = checkpoint['iter_num'], checkpoint['best_val_loss'], checkpoint['tokens_seen']
+    iter_num, best_val_loss, tokens_seen = ckpt_files.restore_training(checkpoint, model, raw_model, optimizers,
+                                                                     scaler, zero)
 start_iter, last_saved = iter_num, iter_num
 if master:
     for path in stale_files:  # a fresh run's leftovers, removed only once every check has passed
@@ -362,20 +343,8 @@ def save_checkpoint(reason, best=False):
         'meta': meta,
         **({'scaler': scaler.state_dict()} if scaler.is_enabled() else {}),
     }
-    path = os.path.join(out_dir, f'ckpt_{iter_num}')
-    if checkpoint_format == 'sharded':
-        failed = ckpt_files.save_sharded(model, optimizers, train_state, path, master)
-    else:
-        model_state, optim_state = ckpt_files.full_state(model, raw_model, optimizers, zero)
-        path += '.pt'
-        failed = ''
-        if master:
-            ckpt = {'model': model_state, 'optimizer': optim_state, **train_state}
-            for target in [path] + ([os.path.join(out_dir, 'best.pt')] if best else []):
-                try:
-                    ckpt_files.save(ckpt, target)
-                except OSError as e:
-                    failed = failed or f"could not write {target}: {e.strerror or e}"
+    path, failed = ckpt_files.save_training(model, raw_model, optimizers, zero, train_state, out_dir,
+                                            checkpoint_format == 'sharded', best, master)
     if any_rank(failed):
         if failed:  # the rank(s) that failed say why
             print(f"error: {failed}; the previous checkpoint is untouched", file=sys.stderr)
@@ -420,7 +389,8 @@ def evaluate_and_checkpoint(stop):
             scores = downstream.evaluate(model if fsdp else raw_model, task_tokenizer, task_names, block_size,
                                          device, autocast, eval_tasks_limit or None,
                                          eval_tasks_dir or downstream.DATA_DIR, 0 if fsdp else rank,
-                                         1 if fsdp else world_size, sum_over_ranks if distributed and not fsdp else None)
+                                         1 if fsdp else world_size,
+                                         sum_over_ranks if distributed and not fsdp else None)
     say_note(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}" + ''.join(
         f", {t} {r.get('acc_norm', r['acc']):.4f}" for t, r in scores.items()))
     run_log.evaluation({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
