@@ -137,6 +137,13 @@ def startup_info(model_config, raw_model, batch_size, gradient_accumulation_step
     }
 
 
+def eta_s(started, iterations_done, iterations_left, max_time):
+    """Seconds left, from this session's wall time per iteration (evaluations and checkpoints included)."""
+    elapsed = time.time() - started
+    left = elapsed / max(1, iterations_done) * iterations_left
+    return min(left, max(0.0, max_time - elapsed)) if max_time is not None else left
+
+
 def device_memory_gb(device):
     if device.startswith('cuda'):
         return torch.cuda.get_device_properties(device).total_memory / 1e9

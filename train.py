@@ -332,17 +332,10 @@ def save_checkpoint(reason, best=False):
     """Collective: every rank calls it; best=True also writes best.pt. A failed write (disk full, no permission)
     leaves the previous checkpoint as it was and stops every rank with one line naming the path and the reason."""
     global last_saved
-    train_state = {
-        'model_args': asdict(model_config),
-        'iter_num': iter_num,
-        'best_val_loss': best_val_loss,
-        'tokens_seen': tokens_seen,
-        'seed': seed,  # with iter_num, all the sampler state there is (see loader.py)
-        'world_size': world_size,
-        'config': config,
-        'meta': meta,
-        **({'scaler': scaler.state_dict()} if scaler.is_enabled() else {}),
-    }
+    train_state = {'model_args': asdict(model_config), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
+                   'tokens_seen': tokens_seen, 'seed': seed,  # with iter_num, all the sampler state (loader.py)
+                   'world_size': world_size, 'config': config, 'meta': meta,
+                   **({'scaler': scaler.state_dict()} if scaler.is_enabled() else {})}
     path, failed = ckpt_files.save_training(model, raw_model, optimizers, zero, train_state, out_dir,
                                             checkpoint_format == 'sharded', best, master)
     if any_rank(failed):
@@ -427,11 +420,10 @@ def log_line():
     tokens_per_sec = tokens_per_iter / dt
     achieved_tflops = flops_per_token * tokens_per_sec / world_size / 1e12  # the model's FLOP/s per device
     if peak and achieved_tflops > peak and peak_source.startswith('measured') and not peak_remeasured:
-        # a CPU peak measured on a busy machine is too low: measured again, once (the best measurement is kept)
-        stale, peak_remeasured = peak, True
-        peak, peak_source = perf.measure_cpu_peak_tflops(dtype, again=True)
-        say_note(f"note: {achieved_tflops:.4f} TFLOP/s reached, above the cached CPU peak {stale:.4f}; measured "
-                 f"again: {peak:.4f} TFLOP/s")
+        peak_remeasured, stale = True, peak  # a CPU peak measured on a busy machine: measured again, once
+        peak, peak_source = perf.measure_cpu_peak_tflops(dtype, again=True)  # (the best measurement is kept)
+        say_note(f"note: {achieved_tflops:.4f} TFLOP/s reached, above the cached CPU peak {stale:.4f}; measured again: "
+                 f"{peak:.4f} TFLOP/s")
     norm = grad_norm.full_tensor() if hasattr(grad_norm, 'full_tensor') else grad_norm
     entry = {'iter': iter_num, 'loss': mean_loss,
              'loss_variance': statistics.pvariance(recent_losses) if len(recent_losses) > 1 else 0.0,
@@ -442,7 +434,8 @@ def log_line():
              'epoch': batches.epoch(iter_num), 'warmup': warm,
              'mfu': achieved_tflops / peak if peak else None,  # MFU: the model's FLOP/s over the device's peak
              'achieved_tflops': achieved_tflops, 'flops_per_token': flops_per_token,
-             'eta_s': eta_s(), **monitor.memory_stats(device_type, device)}
+             'eta_s': run_control.eta_s(train_start, iter_num - start_iter, max_iters - iter_num, max_time),
+             **monitor.memory_stats(device_type, device)}
     if expert_sum is not None:  # share of routed slots per expert, per layer, over the interval and all ranks
         expert_totals = sum_over_ranks(expert_sum)  # each row: slots of every micro-step of every rank
         entry['expert_fractions'] = (expert_totals / expert_totals.sum(dim=1, keepdim=True)).tolist()
@@ -485,19 +478,20 @@ def after_step():
             say_note(note)
 
 
+def stop_between_log_lines():
+    """One process checks every step; ranks agree only at log lines, where they synchronise anyway."""
+    if distributed:
+        return None
+    return run_control.stop_reason(run_control.stop_votes(max_time is not None and
+                                                          time.time() - train_start >= max_time))
+
+
 def sum_over_shards(t):  # FSDP ranks hold different shards; DDP/ZeRO-1 ranks hold the same full gradients
     return sum_over_ranks(t) if fsdp else t
 
 
 def zeros():
     return torch.zeros((), device=device, dtype=torch.float64)  # fp64: sums exact in any order
-
-
-def eta_s():
-    """Seconds left, from this session's wall time per iteration (evaluations and checkpoints included)."""
-    per_iteration = (time.time() - train_start) / max(1, iter_num - start_iter)
-    left = per_iteration * (max_iters - iter_num)
-    return min(left, max(0.0, max_time - (time.time() - train_start))) if max_time is not None else left
 
 
 bar = None
@@ -579,10 +573,4 @@ while True:
     # ====================================================================
 
     after_step()
-    if will_log:
-        stop = log_line()
-    elif not distributed:  # one process checks every step; ranks agree only at log lines, where they sync anyway
-        stop = run_control.stop_reason(run_control.stop_votes(max_time is not None and
-                                                              time.time() - train_start >= max_time))
-    else:
-        stop = None
+    stop = log_line() if will_log else stop_between_log_lines()
