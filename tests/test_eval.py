@@ -156,6 +156,27 @@ def test_missing_data_and_tokenizers_that_cannot_are_one_line(trained, tmp_path)
     assert r.returncode == 2 and "task 'mmlu' is invalid" in r.stderr
 
 
+def test_every_forward_honours_flash_attention_as_in_train_py(trained, tmp_path, monkeypatch):
+    root, data, evals = trained
+    args = [f'--ckpt={root / "run" / "ckpt_20.pt"}', f'--out_dir={tmp_path}', f'--evals_dir={evals}',
+            f'--data_dir={data}', '--tasks=piqa,lambada', '--limit=2']
+    flash_allowed, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*a, **k):
+        flash_allowed.append(torch.backends.cuda.flash_sdp_enabled())
+        return sdpa(*a, **k)
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention', recording)
+    assert run('eval.py', *args, '--flash_attention=off').returncode == 0
+    assert flash_allowed and not any(flash_allowed)
+    r = run('eval.py', *args, '--flash_attention=require')
+    assert r.returncode == 2 and r.stderr == "error: flash_attention='require' but FlashAttention cannot run here: " \
+                                             "it needs CUDA\n"
+    r = run('eval.py', *args, '--flash_attention=yes')
+    assert r.returncode == 2 and 'allowed: auto, require, off' in r.stderr
+    r = run('eval.py', *args, '--dtype=fp8')
+    assert r.returncode == 2 and 'allowed: auto, float32, bfloat16, float16' in r.stderr
+
+
 def test_eval_under_torchrun_with_an_item_only_rank_1_cannot_encode_fails_in_one_line(trained, tmp_path):
     # item 1 goes to rank 1: before, rank 1 exited silently (only rank 0 printed) while rank 0 waited for its sums
     import subprocess

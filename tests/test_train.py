@@ -267,6 +267,7 @@ def test_sample_bad_inputs(data, tmp_path):
     (tmp_path / 'ckpt_4' / '.metadata').write_bytes(b'')
     ckpt_files.save({'iter_num': 4, 'world_size': 2}, str(tmp_path / 'ckpt_4' / 'train_state.pt'))
     assert 'sharded checkpoint' in one_error_line(run('sample.py', f'--out_dir={tmp_path}'))
+    assert 'allowed: auto, float32' in one_error_line(run('sample.py', f'--out_dir={tmp_path}', '--dtype=fp8'))
 
 
 def test_wandb_offline(data, tmp_path, monkeypatch):
