@@ -10,6 +10,8 @@ import difflib
 import os
 import sys
 
+from errors import die
+
 
 class ConfigError(Exception):
     pass
@@ -109,7 +111,6 @@ def configure(scope, argv=None, types=None, aliases=None):
     try:
         apply(keys, argv, types, aliases)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        die(str(e))
     scope.update(keys)
     return keys

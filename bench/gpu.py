@@ -34,6 +34,7 @@ import bench  # noqa: E402
 
 ROOT = bench.ROOT
 sys.path.insert(0, ROOT)
+from errors import die  # noqa: E402
 import monitor  # noqa: E402
 import runlog  # noqa: E402
 
@@ -225,17 +226,14 @@ def main(argv):
     steps = [s for s in args.steps.split(',') if s]
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
-        print(f"error: unknown step {unknown[0]!r}; allowed: {', '.join(STEPS)}", file=sys.stderr)
-        return 2
+        die(f"unknown step {unknown[0]!r}; allowed: {', '.join(STEPS)}")
     batches = dict(MODELS)
     models = [(m, batches.get(m, 8)) for m in args.models.split(',') if m]
     missing = [m for m, _ in models if not os.path.isfile(os.path.join(ROOT, m))]
     if missing:
-        print(f"error: --models: no config file {missing[0]}", file=sys.stderr)
-        return 2
+        die(f"--models: no config file {missing[0]}")
     if args.shakespeare and not os.path.isfile(args.shakespeare):
-        print(f"error: --shakespeare {args.shakespeare}: no such file", file=sys.stderr)
-        return 2
+        die(f"--shakespeare {args.shakespeare}: no such file")
     import torch
     cuda = torch.cuda.is_available()
     tiny = args.tiny or not cuda

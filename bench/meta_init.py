@@ -17,13 +17,16 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from errors import die  # noqa: E402
 
 WORKER = r'''
 import json, resource, sys, time, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
+import process_group
 from model import GPT, GPTConfig
 from torch.distributed.fsdp import fully_shard
-dist.init_process_group('gloo')
+process_group.init('cpu')
 config = GPTConfig.from_preset(**json.loads(sys.argv[2]))
 direct = sys.argv[3] == 'direct'
 before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time()
@@ -52,9 +55,7 @@ def main(argv):
     parser.add_argument('--direct', action='store_true', help='build the whole model on every rank, then shard')
     args = parser.parse_args(argv)
     if not os.path.isfile(args.config):
-        print(f"error: config file not found: {args.config}", file=sys.stderr)
-        return 2
-    sys.path.insert(0, ROOT)
+        die(f"config file not found: {args.config}")
     from model import GPTConfig
     settings = runpy.run_path(args.config)
     arch = {k: settings[k] for k in GPTConfig.__dataclass_fields__ if k in settings}
