@@ -49,13 +49,18 @@ def list_checkpoints(directory):
 
 def recover_interrupted_swap(directory):
     """A crash while save_sharded swapped ckpt_<iter>.tmp/ in for an existing ckpt_<iter>/ can leave the old one
-    as ckpt_<iter>.old/ and no ckpt_<iter>/: put back the new one if it is complete, else the old. Rank 0 only."""
+    as ckpt_<iter>.old/ and no ckpt_<iter>/: put back the new one if it is complete, else the old. Rank 0 only,
+    at start-up, before any writer of this run exists."""
     for old in glob.glob(os.path.join(directory, 'ckpt_*.old')):
         path, tmp = old[:-len('.old')], old[:-len('.old')] + '.tmp'
         if os.path.exists(path):
             continue
         complete = all(os.path.isfile(os.path.join(tmp, f)) for f in ('.metadata', 'train_state.pt'))
         os.replace(tmp if complete else old, path)
+    # a checkpoint file whose writer was killed (kill -9, a lost node) is only its temp file: nothing reads it
+    for leftover in glob.glob(os.path.join(directory, 'ckpt_*.pt.*.tmp')) + \
+            glob.glob(os.path.join(directory, 'best.pt.*.tmp')):
+        os.remove(leftover)
 
 
 def remove(path):

@@ -59,3 +59,11 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temp_file(tmp_path):
     assert path.read_bytes() == b'old' and os.listdir(tmp_path) == ['tokens.bin']
     files.write_text(str(path), 'Ωmega\n')  # text is UTF-8 whatever the locale
     assert path.read_bytes() == 'Ωmega\n'.encode('utf-8') and os.listdir(tmp_path) == ['tokens.bin']
+
+
+def test_temp_files_of_killed_checkpoint_writers_are_removed_at_start_up(tmp_path):
+    import checkpoint
+    for name in ('ckpt_4.pt', 'ckpt_8.pt.4242.tmp', 'best.pt.77.tmp', 'notes.txt.5.tmp'):
+        (tmp_path / name).write_text('x')
+    checkpoint.recover_interrupted_swap(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ckpt_4.pt', 'notes.txt.5.tmp']  # only a checkpoint's
