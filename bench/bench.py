@@ -7,6 +7,12 @@ Training throughput on synthetic data, measured by train.py's own loop (nothing 
 Each positional argument is a preset name or a config file: one row each (two with --compile=both).
 Other --key=value settings go to train.py. Prints a table of median ms/iter, tokens/s, MFU, achieved
 TFLOP/s and peak memory, and writes it with the device, torch version and git commit to bench/results/.
+
+    python bench/bench.py config/train_shakespeare_char_cpu.py --vocab_size=65 --iters=200 --against=/tmp/old --rounds=3
+
+--against=DIR runs DIR's train.py too (another checkout, e.g. `git worktree add /tmp/old <commit>`), alternating
+with this one --rounds times, and prints the ratio of the medians: speeds compared side by side in one run, so
+a machine whose speed drifts over minutes slows both alike.
 """
 import json
 import os
@@ -20,6 +26,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import files  # noqa: E402
 import monitor  # noqa: E402
 from errors import die  # noqa: E402
 from model import PRESETS  # noqa: E402
@@ -39,14 +46,14 @@ def synthetic_data(directory, vocab_size=50257, tokens=2_000_000):
         json.dump(meta, f)
 
 
-def run_one(target, compile_flag, iters, overrides, workdir, timeout=None):
+def run_one(target, compile_flag, iters, overrides, workdir, timeout=None, tree=ROOT):
     out_dir = os.path.join(workdir, f'run_{len(os.listdir(workdir))}')
-    spec = [target] if target.endswith('.py') else [f'--arch_preset={target}']
-    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), *spec, f'--data_dir={workdir}/data', f'--out_dir={out_dir}',
+    spec = [os.path.abspath(target)] if target.endswith('.py') else [f'--arch_preset={target}']
+    cmd = [sys.executable, os.path.join(tree, 'train.py'), *spec, f'--data_dir={workdir}/data', f'--out_dir={out_dir}',
            f'--max_iters={iters}', '--eval_iters=0', '--save_checkpoints=False', '--log_interval=1',
            '--warmup_iters=0', '--overwrite=True', f'--compile={compile_flag}', *overrides]
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {'target': target, 'compile': compile_flag, 'error': f'no result within {timeout} s'}
     if result.returncode != 0:
@@ -60,7 +67,7 @@ def run_one(target, compile_flag, iters, overrides, workdir, timeout=None):
     hw, speed = info['hardware'], info['performance']
     timed = [e for e in log['training_iterations'] if not e['warmup']]
     return {
-        'target': target, 'compile': compile_flag, 'architecture': info['architecture'],
+        'target': target, 'compile': compile_flag, 'tree': tree, 'architecture': info['architecture'],
         'parameters': info['parameters']['total'], 'dtype': hw['dtype'], 'device': hw['device_name'],
         'attention_kernel': hw['attention_kernel'], 'tokens_per_iter': info['training']['tokens_per_iter'],
         'flops_per_token': speed['flops_per_token'], 'peak_tflops': speed['peak_tflops'],
@@ -106,6 +113,11 @@ def main(argv):
     if compiles is None:
         die(f"--compile={compile_choice}: expected True, False or both")
     results_dir = options.pop('results_dir', os.path.join(ROOT, 'bench', 'results'))
+    against = options.pop('against', None)
+    if against is not None and not os.path.isfile(os.path.join(against, 'train.py')):
+        die(f"--against={against}: no train.py there (a checkout of another commit)")
+    rounds = int(options.pop('rounds', 1))
+    trees = [ROOT] + ([os.path.abspath(against)] if against else [])
     overrides = [f'--{k}={v}' for k, v in options.items()]
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
@@ -113,22 +125,34 @@ def main(argv):
         synthetic_data(os.path.join(workdir, 'data'), int(options.get('vocab_size', 50257)))
         for target in targets:
             for compile_flag in compiles:
-                rows.append(run_one(target, compile_flag, iters, overrides, workdir))
-                print(table(rows[-1:]).splitlines()[-1], flush=True)
+                for _ in range(rounds):
+                    for tree in trees:
+                        rows.append(run_one(target, compile_flag, iters, overrides, workdir, tree=tree))
+                        print(table(rows[-1:]).splitlines()[-1] + (f"  ({tree})" if against else ''), flush=True)
     print()
     print(table(rows))
+    ratios = []
+    for target in targets if against else []:
+        for compile_flag in compiles:
+            ms = [[r['ms_per_iter'] for r in rows if r['target'] == target and r['compile'] == compile_flag
+                   and r.get('tree') == tree] for tree in trees]
+            if all(ms):
+                ratios.append({'target': target, 'compile': compile_flag,
+                               'this_over_against': float(np.median(ms[0]) / np.median(ms[1]))})
+                print(f"{target} compile={compile_flag}: this checkout's median ms/iter / {against}'s = "
+                      f"{ratios[-1]['this_over_against']:.3f} ({rounds} rounds each, alternating)")
     import torch
     repro = monitor.reproducibility_info('cuda' if torch.cuda.is_available() else 'cpu')
     commit = repro['git_commit'] and repro['git_commit'] + ('-dirty' if repro['git_dirty'] else '')
     record = {'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'git_commit': commit, 'torch': torch.__version__,
               'python': platform.python_version(), 'machine': platform.machine(), 'cpu_count': os.cpu_count(),
               'cuda_device': torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-              'iters': iters, 'overrides': overrides, 'rows': rows}
+              'iters': iters, 'overrides': overrides, 'rows': rows,
+              **({'against': os.path.abspath(against), 'ratios': ratios} if against else {})}
     os.makedirs(results_dir, exist_ok=True)
     device = (record['cuda_device'] or 'cpu').replace(' ', '_')
     path = os.path.join(results_dir, f"bench_{time.strftime('%Y%m%d_%H%M%S')}_{device}.json")
-    with open(path, 'w') as f:
-        json.dump(record, f, indent=1)
+    files.write_json(path, record)
     print(f"\nwrote {path}")
     return 0 if all('error' not in r for r in rows) else 1
 

@@ -210,6 +210,24 @@ def test_bench_runs_two_iterations(tmp_path):
     assert bad.returncode == 2 and 'neither a config file nor a preset' in bad.stderr
 
 
+def test_bench_against_another_checkout_alternates_and_gives_the_ratio(tmp_path):
+    from helpers import ROOT
+    other = tmp_path / 'other'  # another checkout: here the same files under another path
+    other.symlink_to(ROOT)
+    results = tmp_path / 'results'
+    r = run('bench/bench.py', 'llama', '--iters=2', '--n_layer=1', '--n_embd=32', '--n_head=2', '--block_size=16',
+            '--batch_size=2', '--vocab_size=100', f'--against={other}', '--rounds=1', f'--results_dir={results}')
+    assert r.returncode == 0, r.stdout + r.stderr
+    [name] = os.listdir(results)
+    record = json.load(open(results / name))
+    assert [row['tree'] for row in record['rows']] == [ROOT, str(other)] and record['against'] == str(other)
+    [ratio] = record['ratios']
+    medians = [row['ms_per_iter'] for row in record['rows']]
+    assert ratio['this_over_against'] == pytest.approx(medians[0] / medians[1]) and 'ms/iter / ' in r.stdout
+    bad = run('bench/bench.py', 'llama', f'--against={results}')
+    assert bad.returncode == 2 and 'no train.py there' in bad.stderr
+
+
 @pytest.mark.parametrize('native,expected', [(True, 'bfloat16'), (False, 'float16')])
 def test_auto_dtype_takes_bf16_only_where_tensor_cores_run_it(monkeypatch, native, expected):
     # a V100 or T4 reports bf16 'supported' by emulation: it must get float16 + GradScaler, not software bf16
