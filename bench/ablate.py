@@ -128,16 +128,16 @@ def train_argv(configs, common, changes, out_dir, seed=None):
 
 
 def probe(configs, common, changes, cache_path):
-    """One training step of a variant in a scratch folder: {'flops_per_iter', 'tokens_per_iter', 'config': its
-    schedule} as train.py counts them, or the line it failed with; kept in cache_path so that a rerun need not
-    probe again."""
+    """One training step of a variant in a scratch folder: {'flops_per_iter', 'tokens_per_iter', 'parameters',
+    'config': its schedule} as train.py counts them, or the line it failed with; kept in cache_path so that a rerun
+    need not probe again."""
     key = shlex.join(train_argv(configs, common, changes, ''))
     try:
         with open(cache_path) as f:
             cache = json.load(f)
     except (OSError, ValueError):
         cache = {}
-    if isinstance(cache.get(key), dict):  # an entry of another layout is probed again
+    if isinstance(cache.get(key), dict) and 'parameters' in cache[key]:  # an entry of another layout is probed again
         return cache[key]
     with tempfile.TemporaryDirectory() as scratch:
         cmd = train_argv(configs, common, changes, scratch) + ['--max_time=1e-9', '--eval_iters=0', '--eval_tasks=',
@@ -149,16 +149,18 @@ def probe(configs, common, changes, cache_path):
     info = log['startup_info']
     tokens = info['training']['tokens_per_iter']  # gradient_accumulation_steps * batch_size * block_size
     cache[key] = found = {'flops_per_iter': info['performance']['flops_per_token'] * tokens, 'tokens_per_iter': tokens,
+                          'parameters': info['parameters']['total'],
                           'config': {k: log['config'][k] for k in ('max_iters', 'warmup_iters', 'lr_decay_iters')}}
     os.makedirs(os.path.dirname(cache_path), exist_ok=True)
     files.write_json(cache_path, cache)
     return found
 
 
-def plan(args):
+def plan(args, baseline_iters=None):
     """(variant names, runs): runs are dicts with variant, seed, out_dir and argv, in the order to run them.
     Under a tokens (FLOPs) budget a variant's schedule is the baseline's in iterations times the baseline's tokens
-    (FLOPs) per iteration over the variant's: every run trains the baseline's tokens (FLOPs)."""
+    (FLOPs) per iteration over the variant's: every run trains the baseline's tokens (FLOPs). baseline_iters, if
+    given, is the baseline's max_iters instead of the config's (bench/scaling.py sets it per model size)."""
     variants = [('baseline', {})] + [(v['name'], {k: val for k, val in v.items() if k != 'name'})
                                      for v in args['variants']]
     budget = args['budget']
@@ -168,17 +170,20 @@ def plan(args):
                 f"--max_iters to every run, or use --budget time")
     # train.py's tokens per iteration: gradient_accumulation_steps * batch_size * block_size (the accumulation
     # steps are global, shared out over the ranks); a sweep that changes none of them trains equal tokens as it is
-    if budget == 'flops' or budget == 'tokens' and any(k in TOKENS_PER_ITER for _, c in variants for k in c):
+    matched = budget == 'flops' or budget == 'tokens' and any(k in TOKENS_PER_ITER for _, c in variants for k in c)
+    if matched or baseline_iters is not None:
         figure = 'flops_per_iter' if budget == 'flops' else 'tokens_per_iter'
         cache = os.path.join(args['out_root'], 'probes.json')
-        probes = {name: probe(args['configs'], args['common'], changes, cache) for name, changes in variants}
+        probes = {name: probe(args['configs'], args['common'], changes, cache) for name, changes in variants
+                  if matched or name == 'baseline'}
         if isinstance(probes['baseline'], str):
             die(f"the baseline does not start: {probes['baseline']}")
         base = probes['baseline']
+        stretch = 1.0 if baseline_iters is None else baseline_iters / base['config']['max_iters']
         for name, changes in variants:
-            if isinstance(probes[name], str):
+            if isinstance(probes.get(name), str):
                 continue  # it fails the same way when it runs, and is reported then
-            ratio = base[figure] / probes[name][figure]
+            ratio = stretch * (base[figure] / probes[name][figure] if matched else 1.0)
             changes['max_iters'] = max(1, round(base['config']['max_iters'] * ratio))
             # warmup and decay keep their share of the run (a decay of None ends with it); a variant's own value wins
             for key in ('warmup_iters', 'lr_decay_iters'):
@@ -268,15 +273,39 @@ def execute(runs, jobs):
     return errors
 
 
-def emit_slurm(args, runs, out_root):
-    """A job array with one run per task, a report job after it, and submit.sh chaining them."""
+def run_sweep(runs, jobs, report_only=False):
+    """Run the runs not finished yet, `jobs` at a time (none with report_only), and return each run's record
+    (load()) or {'error': ...}, in the order of runs. A folder holding another command's run is refused."""
+    for run in runs:  # a folder keeps the command that made it: another sweep's runs are never reused
+        recorded = os.path.join(run['out_dir'], 'command.txt')
+        if os.path.isfile(recorded) and open(recorded).read().strip() != shlex.join(run['argv']):
+            die(f"{run['out_dir']} holds a run of another command (see its command.txt): use another --out_root "
+                f"or remove that folder")
+    errors = {}
+    if not report_only:
+        todo = [run for run in runs if not finished(run['out_dir'])]
+        if len(todo) < len(runs):
+            print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished: skipped")
+        errors = execute(todo, jobs)
+    return [{'error': errors[run['out_dir']]} if run['out_dir'] in errors else
+            load(run['out_dir']) if finished(run['out_dir']) else {'error': 'not finished'} for run in runs]
+
+
+def without_option(argv, option):
+    """argv less `option VALUE` (or `option=VALUE`)."""
+    at = next((i for i, a in enumerate(argv) if a == option or a.startswith(option + '=')), None)
+    return argv if at is None else argv[:at] + argv[at + (1 if '=' in argv[at] else 2):]
+
+
+def emit_slurm(runs, out_root, report_argv, job_name='ablate'):
+    """A job array with one run per task, a report job (report_argv) after it, and submit.sh chaining them."""
     folder = os.path.join(out_root, 'slurm')
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, 'runs.txt'), 'w') as f:
         f.writelines(shlex.join(run['argv']) + '\n' for run in runs)
-    report = shlex.join([sys.executable, os.path.abspath(__file__), *args['argv'], '--report'])
+    report = shlex.join(report_argv)
     array = f"""#!/bin/bash
-#SBATCH --job-name=ablate
+#SBATCH --job-name={job_name}
 #SBATCH --array=0-{len(runs) - 1}
 #SBATCH --output={os.path.abspath(folder)}/run_%a.out
 # one run of train.py per task, from the folder ablate.py ran in: line SLURM_ARRAY_TASK_ID + 1 of runs.txt
@@ -285,7 +314,7 @@ cd {shlex.quote(os.getcwd())}
 eval "$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(os.path.abspath(os.path.join(folder, 'runs.txt')))})"
 """
     after = f"""#!/bin/bash
-#SBATCH --job-name=ablate-report
+#SBATCH --job-name={job_name}-report
 #SBATCH --output={os.path.abspath(folder)}/report.out
 # after the array: the report from the runs that finished (failed ones are listed in it)
 cd {shlex.quote(os.getcwd())}
@@ -307,39 +336,18 @@ sbatch --dependency=afterany:${{array%%;*}} report.sbatch
 
 def main(argv):
     args = parse(argv)
-    args['argv'] = argv
     variants, runs = plan(args)
     if args['dry_run']:
         for run in runs:
             print(shlex.join(run['argv']))
         return 0
-    if args['emit'] == 'slurm':
-        emit_at = next(i for i, a in enumerate(argv) if a.startswith('--emit'))  # the report step reruns the rest
-        rest = argv[:emit_at] + argv[emit_at + (1 if '=' in argv[emit_at] else 2):]
-        folder = emit_slurm({**args, 'argv': rest},
-                            runs, args['out_root'])
+    if args['emit'] == 'slurm':  # the report step reruns the command without --emit
+        folder = emit_slurm(runs, args['out_root'],
+                            [sys.executable, os.path.abspath(__file__), *without_option(argv, '--emit'), '--report'])
         print(f"wrote {folder}/array.sbatch ({len(runs)} tasks), report.sbatch and submit.sh; run: bash {folder}/submit.sh")
         return 0
-    for run in runs:  # a folder keeps the command that made it: another sweep's runs are never reused
-        recorded = os.path.join(run['out_dir'], 'command.txt')
-        if os.path.isfile(recorded) and open(recorded).read().strip() != shlex.join(run['argv']):
-            die(f"{run['out_dir']} holds a run of another command (see its command.txt): use another --out_root "
-                f"or remove that folder")
-    errors = {}
-    if not args['report']:
-        todo = [run for run in runs if not finished(run['out_dir'])]
-        if len(todo) < len(runs):
-            print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished: skipped")
-        errors = execute(todo, args['jobs'])
-    results = {}
-    for run in runs:
-        key = (run['variant'], run['seed'])
-        if run['out_dir'] in errors:
-            results[key] = {'error': errors[run['out_dir']]}
-        elif finished(run['out_dir']):
-            results[key] = load(run['out_dir'])
-        else:
-            results[key] = {'error': 'not finished'}
+    records = run_sweep(runs, args['jobs'], args['report'])
+    results = {(run['variant'], run['seed']): record for run, record in zip(runs, records)}
     title = 'Ablation of ' + (', '.join(os.path.basename(c) for c in args['configs']) or 'the defaults')
     path, text = ablate_report.write(args['out_root'], title, args['budget'], args['seeds'], variants, results,
                                      args['form'])

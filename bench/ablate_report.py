@@ -9,16 +9,18 @@ import os
 import statistics
 
 import files
+from errors import die
 
-# two-sided 95% critical values of Student's t for 1..30 degrees of freedom; beyond, the normal 1.96 is within 2%
-T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
-         2.042]
 TEST_NAME = 'paired t-test over seeds, 95% interval'
 
 
 def t_critical(degrees_of_freedom):
-    return T_975[degrees_of_freedom - 1] if degrees_of_freedom <= len(T_975) else 1.96
+    """The two-sided 95% critical value of Student's t (12.706 for 1 degree of freedom, 2.042 for 30)."""
+    try:
+        from scipy import stats
+    except ImportError:
+        die("the seed statistics need scipy: pip install scipy (or pip install -r requirements-dev.txt)")
+    return float(stats.t.ppf(0.975, degrees_of_freedom))
 
 
 def summarize(values):
@@ -85,7 +87,7 @@ def aggregate(variants, runs, metric='final_val_loss'):
     return rows
 
 
-def _pm(stats, digits=4):
+def plus_minus(stats, digits=4):
     if stats['mean'] is None:
         return '-'
     if stats.get('half_width') is None:
@@ -102,24 +104,24 @@ def answer(rows, seeds):
     parts = []
     if better:
         best = better[0]
-        parts.append(f"best: {best['variant']}, val loss {_pm(best['difference'])} against the baseline {over} "
+        parts.append(f"best: {best['variant']}, val loss {plus_minus(best['difference'])} against the baseline {over} "
                      f"({TEST_NAME})")
     elif len(seeds) < 2:
         lowest = min((r for r in others if r.get('difference', {}).get('n')), key=lambda r: r['difference']['mean'],
                      default=None)
         parts.append("one seed per variant: no difference can be told from seed noise (run --seeds 3 or more)"
-                     + (f"; lowest val loss: {lowest['variant']} ({_pm(lowest['difference'])})" if lowest else ''))
+                     + (f"; lowest val loss: {lowest['variant']} ({plus_minus(lowest['difference'])})" if lowest else ''))
     else:
         parts.append(f"no variant beats the baseline beyond seed noise {over} ({TEST_NAME})")
     for r in others:
         if better and r is better[0] or 'difference' not in r or len(seeds) < 2:
             continue
         if r['verdict'] == 'better':
-            parts.append(f"{r['variant']}: also better, {_pm(r['difference'])}")
+            parts.append(f"{r['variant']}: also better, {plus_minus(r['difference'])}")
         elif r['verdict'] == 'worse':
-            parts.append(f"{r['variant']}: worse, {_pm(r['difference'])}")
+            parts.append(f"{r['variant']}: worse, {plus_minus(r['difference'])}")
         else:
-            parts.append(f"{r['variant']}: {r['verdict']} ({_pm(r['difference'])})")
+            parts.append(f"{r['variant']}: {r['verdict']} ({plus_minus(r['difference'])})")
     failed = [f"{r['variant']} (seeds {', '.join(map(str, r['failed']))})" for r in rows if r['failed']]
     if failed:
         parts.append(f"failed runs: {'; '.join(failed)}")
@@ -144,15 +146,15 @@ def markdown(title, budget, seeds, rows, plots):
     lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in rows:
         m = r['final_val_loss']
-        cells = [r['variant'], f"{r['runs']}" + (f" ({len(r['failed'])} failed)" if r['failed'] else ''), _pm(m),
+        cells = [r['variant'], f"{r['runs']}" + (f" ({len(r['failed'])} failed)" if r['failed'] else ''), plus_minus(m),
                  f"{m['std']:.4f}" if m['std'] is not None else '-',
-                 _pm(r['difference']) if 'difference' in r else '(baseline)', r.get('verdict', ''),
+                 plus_minus(r['difference']) if 'difference' in r else '(baseline)', r.get('verdict', ''),
                  f"{r['iterations']:.0f}" if r['iterations'] is not None else '-',
                  f"{r['tokens']:,.0f}" if r['tokens'] is not None else '-',
                  f"{r['train_flops']:.3e}" if r['train_flops'] is not None else '-',
                  f"{r['tokens_per_sec']:,.0f}" if r['tokens_per_sec'] is not None else '-',
                  f"{r['wall_time_s']:.1f}" if r['wall_time_s'] is not None else '-']
-        cells += [_pm(r['downstream'][t]) if t in r['downstream'] else '-' for t in tasks]
+        cells += [plus_minus(r['downstream'][t]) if t in r['downstream'] else '-' for t in tasks]
         lines.append('| ' + ' | '.join(cells) + ' |')
     if plots:
         lines += [''] + [f"![{os.path.basename(p)[:-4]}]({os.path.basename(p)})" for p in plots]
