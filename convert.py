@@ -287,7 +287,8 @@ def load_hf(hf_dir):
 def load_for_training(init_from, **settings):
     """(GPTConfig, state_dict) to start train.py from a Hugging Face model (init_from = hf:<dir> or a GPT2_HUB_NAMES
     name). The weights fix the architecture: settings may only be the ones that leave the function unchanged
-    (dropout, attention_backend, gradient_checkpointing); a None setting keeps the model's."""
+    (dropout, attention_backend, gradient_checkpointing), or change only training (attention_mask: a document
+    mask, as Hugging Face models are causal over their input); a None setting keeps the model's."""
     model, _ = load_hf(resolve_hf(init_from))
     return replace(model.config, **{k: v for k, v in settings.items() if v is not None}), model.state_dict()
 

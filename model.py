@@ -4,7 +4,7 @@ with a plain `if` below, so searching for a field name finds everything it does.
 
 Switches: normalization, activation, position_encoding (+ rope_theta),
 norm_position, ffn_type (+ ffn_hidden, ffn_multiple_of), bias, weight_tying,
-dropout, attention_backend, n_kv_head (GQA/MQA), qk_norm, n_expert /
+dropout, attention_backend, attention_mask, n_kv_head (GQA/MQA), qk_norm, n_expert /
 n_expert_per_token / moe_intermediate_size / moe_aux_loss_coef (MoE),
 gradient_checkpointing. Presets live in PRESETS at the bottom of the config.
 """
@@ -28,6 +28,7 @@ CHOICES = {
     'norm_position': ('pre', 'post'),
     'ffn_type': ('standard', 'swiglu', 'geglu'),
     'attention_backend': ('sdpa', 'manual'),
+    'attention_mask': ('causal', 'document'),
 }
 
 
@@ -52,6 +53,7 @@ class GPTConfig:
     weight_tying: bool = True
     dropout: float = 0.0
     attention_backend: str = 'sdpa'
+    attention_mask: str = 'causal'  # document: a token sees only earlier tokens of its own document (training)
     qk_norm: bool = False
     n_expert: int = 0  # 0 = dense FFN
     n_expert_per_token: int = 2
@@ -160,6 +162,8 @@ class GPTConfig:
             parts.append(moe)
         if self.dropout:
             parts.append(f'Drop{self.dropout:g}')
+        if self.attention_mask == 'document':
+            parts.append('DocMask')
         return '-'.join(parts)
 
 
@@ -264,7 +268,7 @@ class Attention(nn.Module):
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope=None, cache=None):
+    def forward(self, x, rope=None, cache=None, doc_mask=None):
         c = self.config
         B, T, _ = x.shape
         q, k, v = self.c_attn(x).split([c.n_head * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.head_dim], dim=2)
@@ -280,7 +284,7 @@ class Attention(nn.Module):
             offset = cache.pos
             k, v = cache.update(self.layer, k, v)
         # queries sit at positions offset..offset+T-1 and may see keys at positions <= their own
-        mask = None
+        mask = doc_mask  # (B, 1, T, T), block-diagonal causal, or None
         if offset and T > 1:
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=offset)
         dropout_p = c.dropout if self.training else 0.0
@@ -300,6 +304,13 @@ class Attention(nn.Module):
             y = att @ v
         y = y.transpose(1, 2).contiguous().view(B, T, c.n_embd)
         return self.resid_dropout(self.c_proj(y))
+
+
+def document_mask(document_ids):
+    """(B, 1, T, T) boolean: query t may see key s when s <= t and both are in the same document."""
+    T = document_ids.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=document_ids.device).tril()
+    return ((document_ids.unsqueeze(2) == document_ids.unsqueeze(1)) & causal).unsqueeze(1)
 
 
 class MLP(nn.Module):
@@ -428,13 +439,13 @@ class Block(nn.Module):
         self.norm_2 = Norm(config.n_embd, config.normalization, config.norm_eps)
         self.ffn = MoE(config) if config.n_expert else MLP(config)
 
-    def forward(self, x, rope=None, cache=None):
+    def forward(self, x, rope=None, cache=None, doc_mask=None):
         if self.config.norm_position == 'pre':
-            x = x + self.attn(self.norm_1(x), rope, cache)
+            x = x + self.attn(self.norm_1(x), rope, cache, doc_mask)
             y, aux_loss = self.ffn(self.norm_2(x))
             return x + y, aux_loss
         # post-norm (original Transformer): normalize after each residual add
-        x = self.norm_1(x + self.attn(x, rope, cache))
+        x = self.norm_1(x + self.attn(x, rope, cache, doc_mask))
         y, aux_loss = self.ffn(x)
         return self.norm_2(x + y), aux_loss
 
@@ -520,12 +531,19 @@ class GPT(nn.Module):
                 n -= self.wte.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, cache=None, keep=None):
+    def forward(self, idx, targets=None, cache=None, keep=None, document_ids=None):
+        """document_ids (B, T): each token's document, for attention_mask='document' (else ignored); without
+        them (generation, scoring) the input is one document."""
         c = self.config
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > c.block_size:
             raise ValueError(f"sequence length {start + T} exceeds block_size={c.block_size}")
+        doc_mask = None
+        if c.attention_mask == 'document' and document_ids is not None:
+            if cache is not None:
+                raise ValueError("document_ids cannot be used with a KV cache")
+            doc_mask = document_mask(document_ids)
         x = self.wte(idx)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
@@ -534,9 +552,9 @@ class GPT(nn.Module):
         aux_losses = []
         for block in self.blocks:
             if c.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, aux_loss = checkpoint(block, x, rope, use_reentrant=False)
+                x, aux_loss = checkpoint(block, x, rope, None, doc_mask, use_reentrant=False)
             else:
-                x, aux_loss = block(x, rope, cache)
+                x, aux_loss = block(x, rope, cache, doc_mask)
             if aux_loss is not None:
                 aux_losses.append(aux_loss)
         if cache is not None:

@@ -66,6 +66,7 @@ dataset = 'shakespeare_char'
 data_dir = ''  # default data/<dataset>
 batch_size = 12  # micro-batch size
 sampling = 'auto'  # random (windows anywhere) | epoch (every window once per epoch) | auto: epoch for sharded corpora
+#                    | documents (windows packed from document starts, once per epoch; needs the document index)
 gradient_accumulation_steps = 1
 # model: the preset's values (model.PRESETS; `python model.py --presets` lists them), then every field set here.
 # None = the preset's value, or GPTConfig's default (in the comment) where the preset has none.
@@ -89,6 +90,7 @@ bias = None  # biases in the Linear layers
 weight_tying = None  # the token embedding shared with the output head
 dropout = None  # 0.0
 attention_backend = None  # sdpa | manual
+attention_mask = None  # causal | document: attention within each document only (needs the document index)
 qk_norm = None  # False: RMS-normalize queries and keys per head
 n_expert = None  # 0 = a dense FFN; > 0: Mixture-of-Experts
 n_expert_per_token = None  # 2
@@ -184,6 +186,7 @@ elif init_from not in ('scratch', 'auto'):
     try:
         model_config, hf_state = convert.load_for_training(init_from, dropout=dropout,
                                                            attention_backend=attention_backend,
+                                                           attention_mask=attention_mask,
                                                            gradient_checkpointing=gradient_checkpointing)
     except convert.ConversionError as e:
         die(str(e))
@@ -240,7 +243,11 @@ if master:
     for path in stale_files:  # a fresh run's leftovers, removed only once every check has passed
         ckpt_files.remove(path)
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
-batches = loader.Batches(streams, meta, block_size, batch_size, gradient_accumulation_steps, seed, sampling, device)
+try:  # the document ids go to the model only for a document mask
+    batches = loader.Batches(streams, meta, block_size, batch_size, gradient_accumulation_steps, seed, sampling,
+                             device, document_ids=attention_mask == 'document')
+except ValueError as e:
+    die(str(e))
 
 # ---- the FLOPs per token (as torch's FLOP counter counts them) and the device's peak, for MFU ----
 device_name = torch.cuda.get_device_name(device) if device_type == 'cuda' else platform.processor() or device_type
@@ -267,9 +274,9 @@ def estimate_loss():
             if run_control.stop_request and not distributed:  # a signal during a long evaluation: stop now
                 model.train()
                 return None
-            x, y = batches.eval(split, k % eval_iters)
+            x, y, doc = batches.eval(split, k % eval_iters)
             with autocast, attention_context():
-                model(x, y)
+                model(x, y, document_ids=doc)
             total += raw_model.ce_loss.item() if k < eval_iters else 0.0
             if bar is not None:
                 bar.update()
@@ -536,14 +543,14 @@ while True:
     for j in range(local_accumulation):
         micro_step = rank + j * world_size  # rank r takes global micro-steps r, r+W, r+2W, ...
         last = j == local_accumulation - 1
-        x, y, dropout_seed = next_batch.result()
+        x, y, doc, dropout_seed = next_batch.result()
         torch.manual_seed(dropout_seed)  # dropout masks follow the micro-step, not the rank
         if fsdp:
             model.set_requires_gradient_sync(last)  # reduce-scatter gradients only after the last micro-step
         elif distributed:
             model.require_backward_grad_sync = last  # DDP: all-reduce only after the last micro-step
         with autocast, attention_context():
-            _, loss = model(x, y)
+            _, loss = model(x, y, document_ids=doc)
         # read the next micro-batch in the background while this one computes
         next_batch = batches.prefetch(iter_num, micro_step + world_size) if not last else batches.prefetch(iter_num + 1, rank)
         loss_sum = loss_sum + raw_model.ce_loss

@@ -30,6 +30,8 @@ TIMING = {'time_ms', 'tokens_per_sec', 'mfu', 'achieved_tflops', 'eta_s', 'time_
           'peak_tflops', 'peak_source', 'tokens_per_sec_at_50_mfu', 'device_memory_gb', 'run_name', 'dir', 'path',
           'out_dir', 'data_dir', 'eval_tasks_dir', 'versions', 'python', 'platform', 'hostname', 'git_commit',
           'git_dirty'}
+# config fields added since a record was made: a newer record holding one at this default still compares identical
+ADDED_FIELDS = {'attention_mask': 'causal'}
 TINY = ['--arch_preset=llama', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4',
         '--device=cpu', '--dtype=float32', '--eval_iters=2', '--log_interval=2', '--grad_stats_interval=4',
         '--peak_tflops=1']
@@ -67,11 +69,18 @@ def scenarios(data, evals):
     ]
 
 
+def added_default(key, value):
+    """A field of ADDED_FIELDS at its default: as a config key, or as a checkpoint digest's 'model_args.<field>.'."""
+    name = key.rstrip('.').rsplit('.', 1)[-1]
+    return name in ADDED_FIELDS and value in (ADDED_FIELDS[name], repr(ADDED_FIELDS[name]))
+
+
 def strip(value):
     if isinstance(value, dict):
-        return {k: strip(v) for k, v in value.items() if k not in TIMING and k.replace('median_', '') not in TIMING}
+        return {k: strip(v) for k, v in value.items() if k not in TIMING and k.replace('median_', '') not in TIMING
+                and not added_default(k, v)}
     if isinstance(value, list):
-        return [strip(v) for v in value]
+        return [strip(v) for v in value if not (isinstance(v, str) and v.rsplit('.', 1)[-1] in ADDED_FIELDS)]
     return value
 
 

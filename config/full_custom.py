@@ -19,6 +19,7 @@ bias = True                           # biases in the Linear layers
 weight_tying = True                   # share the token embedding with the output head
 dropout = 0.0
 attention_backend = 'sdpa'            # sdpa | manual
+attention_mask = 'causal'             # causal | document: a token sees only its own document (needs the document index)
 qk_norm = False                       # normalize queries and keys per head
 n_expert = 0                          # 0 = dense FFN; >0 = Mixture-of-Experts
 n_expert_per_token = 2

@@ -51,7 +51,8 @@ from tokenizer import Tokenizer  # noqa: E402
 SUFFIXES = ('.txt', '.jsonl', '.jsonl.gz', '.jsonl.zst', '.parquet')
 BATCH_BYTES = 1 << 20  # text encoded per call: bounds the Python token lists a worker holds
 WORK = '.prepare'  # the resumable state inside out_dir, removed once meta.json is written
-DATASET_FILE = re.compile(r'(meta\.json|(train|val)(_\d+)?\.bin)(\.\d+\.tmp)?$')  # what a preparation writes
+DATASET_FILE = re.compile(r'(meta\.json|(train|val)(_\d+)?(\.docs)?\.bin)(\.\d+\.tmp)?$')  # what a preparation writes
+SCAN_TOKENS = 1 << 24  # tokens read at a time when indexing document starts: bounds memory
 SPAWN = multiprocessing.get_context('spawn')  # fork would copy the parent's memory and its threads' locks
 
 
@@ -655,14 +656,58 @@ def write_shards(units, records, work_dir, out_dir, tokenizer, options):
                         with open(os.path.join(work_dir, f'unit_{i:07d}.{split}.bin'), 'rb') as part:
                             shutil.copyfileobj(part, out, 1 << 24)
                 atomic_write(path, join)
+            index = document_index_name(name)
+            if not (read_json(done) == {'units': group, **counts} and os.path.isfile(os.path.join(out_dir, index))):
+                write_document_index(path, os.path.join(out_dir, index), options['dtype'], tokenizer.eot)
                 write_json(done, {'units': group, **counts})
             shards[split].append({'file': name, **counts})
     totals = {f'{split}_{k}': sum(s[k] for s in shards[split]) for split in shards for k in ('tokens', 'documents', 'bytes')}
     # a hash of every document's text in order, from the units' own hashes
     source_sha256 = hashlib.sha256(''.join(records[i]['sha256'] for i in range(len(units))).encode()).hexdigest()
+    index = {'end_token': tokenizer.eot, **{s: [document_index_name(f['file']) for f in shards[s]] for s in shards}}
     return {'tokenizer': tokenizer.spec, 'vocab_size': tokenizer.vocab_size, 'dtype': options['dtype'],
             'eot_token': tokenizer.eot, **totals, 'skipped_null_documents': sum(r['null'] for r in records.values()),
-            'source_sha256': source_sha256, 'shards': shards}
+            'source_sha256': source_sha256, 'shards': shards, 'document_index': index}
+
+
+# ---- the document-start index: where each document begins in a shard ----
+
+def document_index_name(shard_name):
+    return shard_name[:-len('.bin')] + '.docs.bin'
+
+
+def write_document_index(shard_path, index_path, dtype, end_token):
+    """The offsets (int64) in a token file at which a document starts: 0 and every position after an end_token
+    (end_token None: the file is one document). Scanned SCAN_TOKENS at a time; written atomically."""
+    tokens = np.memmap(shard_path, dtype=dtype, mode='r') if os.path.getsize(shard_path) else np.zeros(0, dtype)
+
+    def scan(out):
+        np.zeros(1, dtype=np.int64).tofile(out)
+        for first in range(0, len(tokens), SCAN_TOKENS) if end_token is not None else ():
+            ends = np.flatnonzero(tokens[first:first + SCAN_TOKENS] == end_token) + first + 1
+            ends[ends < len(tokens)].astype(np.int64).tofile(out)  # the last document ends the file: no start after it
+    atomic_write(index_path, scan)
+
+
+def add_document_index(data_dir):
+    """Write the document-start index beside each token file of a dataset prepared without one, and reference it
+    in meta.json. Documents end at the end-of-text token meta.json names (eot_token), or the tokenizer's; a
+    dataset without one (a character vocabulary with no end-of-text) is one document per split."""
+    meta_path = os.path.join(data_dir, 'meta.json')
+    meta = read_json(meta_path)
+    if meta is None:
+        raise PrepareError(f"{meta_path} is missing: {data_dir} is not a prepared dataset")
+    end_token = meta['eot_token'] if 'eot_token' in meta else Tokenizer(meta['tokenizer'], data_dir).eot
+    index = {'end_token': end_token}
+    for split in ('train', 'val'):
+        names = [s['file'] for s in meta.get('shards', {}).get(split, [])] or [f'{split}.bin']
+        for name in names:
+            write_document_index(os.path.join(data_dir, name), os.path.join(data_dir, document_index_name(name)),
+                                 meta['dtype'], end_token)
+        index[split] = [document_index_name(n) for n in names]
+    meta['document_index'] = index
+    write_json(meta_path, meta)
+    return meta
 
 
 def add_arguments(parser, default_out_dir=None, need_input=True):

@@ -279,7 +279,7 @@ def test_epoch_sampling_visits_every_window_once_per_epoch(tmp_path):
     starts = []
     for iteration in range(10):  # 10 x 2 x 3 = 60 windows = 4 epochs, batches straddling epochs included
         for micro_step in range(accumulation):
-            x, y, _ = batches.train(iteration, micro_step)
+            x, y, _, _ = batches.train(iteration, micro_step)
             assert x.shape == (batch, block) and x.dtype == np.int64 or str(x.dtype) == 'torch.int64'
             assert (y[:, :-1] == x[:, 1:]).all() and (x[:, 1:] - x[:, :-1] == 1).all()  # contiguous across shards
             starts += x[:, 0].tolist()
@@ -303,9 +303,9 @@ def test_random_sampling_and_a_legacy_single_file_dataset(tmp_path):
     streams = {split: loader.TokenStream(str(tmp_path), split, meta) for split in ('train', 'val')}
     batches = loader.Batches(streams, meta, 10, 4, 1, seed=1, sampling='auto', device='cpu')
     assert batches.sampling == 'random'
-    x, y, _ = batches.train(0, 0)
+    x, y, _, _ = batches.train(0, 0)
     assert (y == x + 1).all() and x.max() < 100
-    vx, _ = batches.eval('val', 0)
+    vx, _, _ = batches.eval('val', 0)
     assert vx.max() < 30 and vx.tolist() == batches.eval('val', 0)[0].tolist()
     np.arange(90, dtype=np.uint16).tofile(tmp_path / 'train.bin')  # truncated: meta.json says 100
     with pytest.raises(ValueError, match='holds 90 tokens but meta.json says 100'):

@@ -15,7 +15,7 @@ def test_random_windows_reach_the_last_token_of_a_split(tmp_path):
     last = int(np.memmap(streams['train'].paths[0], dtype=streams['train'].dtype, mode='r')[-1])
     starts = set()
     for iteration in range(8):
-        x, y, _ = batches.train(iteration, 0)
+        x, y, _, _ = batches.train(iteration, 0)
         assert x.shape == y.shape == (4, 16)
         starts |= {0 if row[-1] != last else 1 for row in y.tolist()}
     assert starts == {0, 1}

@@ -1,0 +1,166 @@
+"""Document-aware training: the document-start index, sampling='documents' and attention_mask='document'."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import loader
+from helpers import ROOT, iteration_losses, make_char_dataset, make_sharded_dataset, run, run_logs, train
+from model import GPT, GPTConfig, document_mask
+
+BLOCK = 16
+
+
+@pytest.fixture(scope='module')
+def sharded(tmp_path_factory):
+    return make_sharded_dataset(tmp_path_factory.mktemp('sharded'))
+
+
+def open_batches(data, sampling='documents', batch_size=1, accumulation=1, seed=7, document_ids=True):
+    _, meta, streams = loader.open_dataset('', data)
+    return loader.Batches(streams, meta, BLOCK, batch_size, accumulation, seed, sampling, 'cpu',
+                          document_ids=document_ids), streams, meta
+
+
+def stream_tokens(stream):
+    return np.concatenate([np.fromfile(p, dtype=stream.dtype) for p in stream.paths]).astype(np.int64)
+
+
+def test_document_index_equals_a_scan_of_the_tokens(sharded, tmp_path):
+    batches, streams, meta = open_batches(sharded)
+    for split, stream in streams.items():
+        tokens = stream_tokens(stream)
+        ends = np.flatnonzero(tokens == meta['eot_token']) + 1
+        assert batches.doc_starts[split].tolist() == [0] + ends[ends < len(tokens)].tolist()
+        assert len(batches.doc_starts[split]) == meta[f'{split}_documents']
+    # the command for a dataset prepared before the index writes the same files
+    names = [n for n in os.listdir(sharded) if n.endswith('.docs.bin')]
+    before = {n: open(os.path.join(sharded, n), 'rb').read() for n in names}
+    meta_before = json.load(open(os.path.join(sharded, 'meta.json')))
+    r = run('data/add_document_index.py', sharded)
+    assert r.returncode == 0, r.stderr
+    assert {n: open(os.path.join(sharded, n), 'rb').read() for n in names} == before
+    assert json.load(open(os.path.join(sharded, 'meta.json'))) == meta_before
+
+
+def test_an_old_dataset_says_how_to_add_the_index(tmp_path):
+    data = make_char_dataset(tmp_path / 'old')  # train.bin / val.bin, no end-of-text token
+    with pytest.raises(ValueError, match='python data/add_document_index.py'):
+        open_batches(data)
+    r = train(data, tmp_path / 'o', '--max_iters=1', '--sampling=documents', check=False)
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'data/add_document_index.py' in r.stderr
+    r = run('data/add_document_index.py', data)
+    assert r.returncode == 0 and 'each split is one document' in r.stdout, r.stderr
+    batches, streams, _ = open_batches(data)
+    assert batches.doc_starts['train'].tolist() == [0]
+    # one document: its windows are block-sized pieces of it, like the epoch windows without their overlap token
+    assert batches.window_starts.tolist() == list(range(0, streams['train'].total, BLOCK))
+
+
+def test_windows_start_at_documents_and_cover_every_token_once_per_epoch(sharded):
+    batches, streams, _ = open_batches(sharded)
+    starts, docs = batches.window_starts, set(batches.doc_starts['train'].tolist())
+    total, tokens = streams['train'].total, stream_tokens(streams['train'])
+    for k, start in enumerate(starts.tolist()):
+        # a window starts at a document, or continues the document of the window before, block tokens on
+        assert start in docs or (k and start - starts[k - 1] == BLOCK and not docs & set(range(start - BLOCK + 1, start + 1)))
+    assert np.all(np.diff(np.append(starts, total)) <= BLOCK)
+    # one epoch of batches (batch_size 1: sample = iteration): every token but the first is a target exactly once
+    seen = np.zeros(total, dtype=np.int64)
+    key = int(np.random.default_rng([7, 2, 0]).integers(2 ** 63))  # epoch 0's order, as loader.Batches draws it
+    order = loader.permute(np.arange(batches.windows_per_epoch), batches.windows_per_epoch, key)
+    for iteration in range(batches.windows_per_epoch):
+        x, y, doc, _ = batches.train(iteration, 0)
+        start, valid = int(starts[order[iteration]]), (y[0] >= 0).numpy()
+        assert x[0, :min(BLOCK, total - start)].tolist() == tokens[start:start + BLOCK].tolist()
+        assert doc[0].tolist() == (np.searchsorted(batches.doc_starts['train'], start + np.arange(BLOCK), 'right') - 1).tolist()
+        positions = start + 1 + np.flatnonzero(valid)
+        assert y[0][valid].tolist() == tokens[positions].tolist()
+        seen[positions] += 1
+    assert seen[0] == 0 and (seen[1:] == 1).all()
+    assert batches.epoch(batches.windows_per_epoch) == 1.0
+
+
+def test_a_batch_is_a_pure_function_of_seed_iteration_and_micro_step(sharded):
+    one, _, _ = open_batches(sharded, batch_size=3, accumulation=4)
+    straight = {(i, m): one.train(i, m) for i in range(6) for m in range(4)}
+    for world in (2, 4):  # ranks take micro-steps r, r+W, ...; a resumed run starts at iteration 3
+        ranks, _, _ = open_batches(sharded, batch_size=3, accumulation=4)
+        for i in range(3, 6):
+            for r in range(world):
+                for m in range(r, 4, world):
+                    got = ranks.prefetch(i, m).result()
+                    assert all(torch.equal(a, b) for a, b in zip(got[:3], straight[i, m][:3])) and got[3] == straight[i, m][3]
+    other, _, _ = open_batches(sharded, batch_size=3, accumulation=4, seed=8)
+    assert not torch.equal(other.train(0, 0)[0], straight[0, 0][0])
+
+
+def tiny(**fields):
+    config = GPTConfig.from_preset('llama', n_layer=2, n_head=2, n_embd=16, block_size=24, vocab_size=13,
+                                   attention_mask='document', **fields)
+    torch.manual_seed(0)
+    return GPT(config).eval()
+
+
+@pytest.mark.parametrize('backend', ['sdpa', 'manual'])
+def test_changing_one_document_leaves_the_next_ones_logits_unchanged(backend):
+    model = tiny(attention_backend=backend)
+    x = torch.randint(0, 13, (2, 24))
+    doc = torch.tensor([[0] * 9 + [1] * 7 + [2] * 8, [5] * 24])
+    changed = x.clone()
+    changed[0, :9] = (x[0, :9] + 1) % 13  # every token of the first document
+    with torch.no_grad():
+        before, after = model(x, document_ids=doc)[0], model(changed, document_ids=doc)[0]
+        causal = model(changed)[0]  # no document ids: the row is one document
+    assert torch.equal(before[0, 9:], after[0, 9:])
+    assert not torch.allclose(before[0, :9], after[0, :9])
+    assert not torch.allclose(before[0, 9:], causal[0, 9:], atol=1e-3)  # a leak would show here
+    assert torch.equal(before[1], after[1])
+
+
+def test_sdpa_and_manual_masks_equal_separate_forwards():
+    # RoPE depends only on relative positions, so a document alone at position 0 sees what it sees packed
+    sdpa, manual = tiny(), tiny(attention_backend='manual')
+    lengths = [5, 11, 8]
+    x = torch.randint(0, 13, (1, 24))
+    doc = torch.repeat_interleave(torch.arange(3), torch.tensor(lengths)).unsqueeze(0)
+    with torch.no_grad():
+        a, b = sdpa(x, document_ids=doc)[0], manual(x, document_ids=doc)[0]
+        alone = torch.cat([sdpa(piece)[0] for piece in x.split(lengths, dim=1)], dim=1)
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize('backend', ['sdpa', 'manual'])
+def test_document_masked_attention_gradients(backend):
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=6, vocab_size=5, bias=True,
+                       attention_backend=backend, attention_mask='document')
+    torch.manual_seed(0)
+    attention = GPT(config).double().blocks[0].attn
+    mask = document_mask(torch.tensor([[0, 0, 1, 1, 1, 2], [3, 3, 3, 3, 3, 3]]))
+    x = torch.randn(2, 6, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda inp: attention(inp, None, None, mask), (x,))
+
+
+def test_training_with_both_switches_resumes_bit_exactly(sharded, tmp_path):
+    common = ['--sampling=documents', '--attention_mask=document', '--block_size=48', '--log_interval=1', '--eval_interval=3',
+              '--dropout=0.1', '--gradient_accumulation_steps=2', '--warmup_iters=2', '--lr_decay_iters=8']
+    train(sharded, tmp_path / 'straight', '--max_iters=8', *common)
+    train(sharded, tmp_path / 'split', '--max_iters=4', *common)
+    resumed = train(sharded, tmp_path / 'split', '--max_iters=8', '--init_from=resume', *common)
+    assert 'resuming from' in resumed.stdout
+    assert iteration_losses(tmp_path / 'straight') == iteration_losses(tmp_path / 'split')
+    a = torch.load(tmp_path / 'straight' / 'ckpt_8.pt', weights_only=True)
+    b = torch.load(tmp_path / 'split' / 'ckpt_8.pt', weights_only=True)
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+    assert a['model_args']['attention_mask'] == 'document'
+    log = run_logs(tmp_path / 'straight')[0]
+    assert log['startup_info']['dataset']['sampling'] == 'documents'
+    # the causal run on the same batches computes something else
+    train(sharded, tmp_path / 'causal', '--max_iters=2', *common[:1], *common[2:])  # windows of 48 hold several documents
+    assert iteration_losses(tmp_path / 'causal')[2] != iteration_losses(tmp_path / 'straight')[2]
+    # a checkpoint trained with the mask samples as before (no document ids: the prompt is one document)
+    r = run('sample.py', f'--out_dir={tmp_path / "straight"}', '--num_samples=1', '--max_new_tokens=5',
+            '--device=cpu', '--start=ab')
+    assert r.returncode == 0, r.stderr
