@@ -221,7 +221,8 @@ def load(out_dir):
 
 
 def resources(jobs):
-    """One environment per job slot: its own GPU where there are several, else a share of the CPU cores."""
+    """One environment per job slot: its own GPU where there are several, else a share of the CPU cores (or the
+    OMP_NUM_THREADS already set: on a shared machine one thread per run can be several times faster than two)."""
     try:
         import torch
         gpus = torch.cuda.device_count()
@@ -229,7 +230,7 @@ def resources(jobs):
         gpus = 0
     if gpus > 1:
         return [{'CUDA_VISIBLE_DEVICES': str(slot % gpus)} for slot in range(jobs)]
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    threads = os.environ.get('OMP_NUM_THREADS') or str(max(1, (os.cpu_count() or 1) // jobs))
     return [{'OMP_NUM_THREADS': threads, 'MKL_NUM_THREADS': threads} for _ in range(jobs)]
 
 

@@ -250,5 +250,8 @@ def test_jobs_get_a_gpu_each_or_a_share_of_the_cores(monkeypatch):
     assert [s['CUDA_VISIBLE_DEVICES'] for s in ablate.resources(6)] == ['0', '1', '2', '3', '0', '1']
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 0)
     monkeypatch.setattr(os, 'cpu_count', lambda: 16)
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
     assert ablate.resources(4) == [{'OMP_NUM_THREADS': '4', 'MKL_NUM_THREADS': '4'}] * 4
     assert ablate.resources(32)[0]['OMP_NUM_THREADS'] == '1'
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')  # set by the user: kept
+    assert ablate.resources(2) == [{'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}] * 2
