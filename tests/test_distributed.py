@@ -1,4 +1,5 @@
 """DDP, ZeRO-1 and FSDP with 2 gloo processes on CPU, checked against one process."""
+import json
 import os
 import re
 import subprocess
@@ -33,15 +34,63 @@ def assert_same_losses(a, b, iters=range(1, 7), tolerance=TOLERANCE):
     assert worst <= tolerance, (worst, a, b)
 
 
+# train.py runs one after another in the same two workers (runpy, as helpers.run runs it in one process): one
+# start of torchrun and its workers (three interpreters importing torch) for a family of runs, not one per run.
+# Each run joins a process group of its own and closes it (process_group.init, train.py's finish); the first run
+# that fails stops the launch, so no rank starts the next run while another still waits in the failed one.
+EACH = r"""import json, os, runpy, sys
+sys.path.insert(0, {root!r})
+train_py = os.path.join({root!r}, 'train.py')
+with open(sys.argv[1]) as f:
+    plan = json.load(f)
+for argv in plan:
+    sys.argv = [train_py, *argv]
+    try:
+        runpy.run_path(train_py, run_name='__main__')
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            print(f"torchrun_each: exit status {{e.code}} from train.py {{' '.join(argv)}}", file=sys.stderr, flush=True)
+            raise
+"""
+
+
+def torchrun_each(folder, plan):
+    """plan: [(data_dir, out_dir, [args...]), ...]: each a train.py run under 2 ranks, all in one torchrun launch."""
+    script, plan_file = folder / 'torchrun_each.py', folder / 'torchrun_each.json'
+    script.write_text(EACH.format(root=ROOT))
+    plan_file.write_text(json.dumps([[f'--data_dir={data}', f'--out_dir={out}', *TINY_MODEL, *map(str, args)]
+                                     for data, out, args in plan]))
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
+    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                             str(script), str(plan_file)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+MOE = ['--arch_preset=moe', '--n_kv_head=1', '--max_iters=2', '--gradient_accumulation_steps=2',
+       '--eval_interval=100', '--log_interval=2']
+EPOCH = ['--max_iters=4', '--gradient_accumulation_steps=2', '--eval_interval=100', '--log_interval=1']
+
+
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-    """Straight 6-iteration runs: single process and each parallel mode."""
+    """Straight runs, each in one process and (all in one launch) under 2 ranks: 6 iterations in each parallel
+    mode, FSDP with a sharded checkpoint (3 iterations), the MoE under DDP, DDP on a sharded corpus."""
     root = tmp_path_factory.mktemp('dist')
     data = make_char_dataset(root / 'data')
+    corpus = make_sharded_dataset(root / 'corpus')
     train(data, root / 'single', *RUN)
+    train(data, root / 'moe_single', *MOE)
+    train(corpus, root / 'epoch_single', *EPOCH)
     # zero1 and fsdp launched with the flags users of nanoGPT-style trainers type: aliases of parallelism
-    for mode, flag in (('ddp', '--parallelism=ddp'), ('zero1', '--use_zero1=True'), ('fsdp', '--use_fsdp=True')):
-        torchrun(data, root / mode, *RUN, flag)
+    torchrun_each(root, [(data, root / 'ddp', [*RUN, '--parallelism=ddp']),
+                         (data, root / 'zero1', [*RUN, '--use_zero1=True']),
+                         (data, root / 'fsdp', [*RUN, '--use_fsdp=True']),
+                         (data, root / 'sharded', [*RUN, '--max_iters=3', '--parallelism=fsdp',
+                                                   '--checkpoint_format=sharded']),
+                         (data, root / 'moe_ddp', [*MOE, '--parallelism=ddp']),
+                         (corpus, root / 'epoch_ddp', [*EPOCH, '--parallelism=ddp'])])
     return root, data
 
 
@@ -70,50 +119,63 @@ def test_memory_is_sharded(runs):
         assert 0.45 < memory['fsdp'][key] / full[key] < 0.55, key
 
 
-@pytest.mark.parametrize('source,target', [('fsdp', 'single'), ('fsdp', 'ddp'), ('single', 'fsdp'),
-                                           ('zero1', 'ddp'), ('ddp', 'zero1')])
-def test_full_checkpoints_move_between_modes(runs, tmp_path, source, target):
+NEW_SETTINGS = ['--learning_rate=3e-4', '--min_lr=3e-5', '--weight_decay=0.05', '--beta1=0.8', '--beta2=0.99']
+MOVES = [('fsdp', 'single'), ('fsdp', 'ddp'), ('single', 'fsdp'), ('zero1', 'ddp'), ('ddp', 'zero1')]
+
+
+@pytest.fixture(scope='module')
+def resumed(runs):
+    """Runs that resume the straight ones (all but one in one launch): full checkpoints moved between modes, the
+    sharded checkpoint resumed under FSDP, ZeRO-1 and sharded FSDP resumed with new hyperparameters."""
+    import shutil
     root, data = runs
-    ckpt = root / source / 'ckpt_3.pt'
-    args = [*RUN, '--init_from=resume', f'--resume_from={ckpt}']
-    if target == 'single':
-        train(data, tmp_path / 'o', *args)
-    else:
-        torchrun(data, tmp_path / 'o', *args, f'--parallelism={target}')
-    resumed = iteration_losses(tmp_path / 'o')
+    launch = []
+    for source, target in MOVES:
+        args = [*RUN, '--init_from=resume', f'--resume_from={root / source / "ckpt_3.pt"}']
+        if target == 'single':
+            train(data, root / f'{source}-{target}', *args)
+        else:
+            launch.append((data, root / f'{source}-{target}', [*args, f'--parallelism={target}']))
+    for name in ('sharded_resumed', 'sharded_new'):  # each resumes a copy of the 3-iteration sharded run's folder
+        shutil.copytree(root / 'sharded', root / name)
+    launch.append((data, root / 'sharded_resumed', [*RUN, '--init_from=resume', '--parallelism=fsdp',
+                                                    '--checkpoint_format=sharded']))
+    # ZeRO-1 from a full checkpoint; FSDP from a sharded one (torch.distributed.checkpoint restores the groups too)
+    launch.append((data, root / 'zero1_new', [*RUN, '--max_iters=4', '--parallelism=zero1', '--init_from=resume',
+                                              f'--resume_from={root / "zero1" / "ckpt_3.pt"}', *NEW_SETTINGS]))
+    launch.append((data, root / 'sharded_new', [*RUN, '--max_iters=4', '--parallelism=fsdp',
+                                                '--checkpoint_format=sharded', '--init_from=resume', *NEW_SETTINGS]))
+    torchrun_each(root, launch)
+    return root, data
+
+
+@pytest.mark.parametrize('source,target', MOVES)
+def test_full_checkpoints_move_between_modes(resumed, source, target):
+    root, _ = resumed
+    resumed = iteration_losses(root / f'{source}-{target}')
     assert sorted(resumed) == [4, 5, 6]
     assert_same_losses(resumed, iteration_losses(root / source), iters=[4, 5, 6])
 
 
-def test_sharded_checkpoint_resumes_under_fsdp(runs, tmp_path):
-    root, data = runs
-    out = tmp_path / 'o'
-    torchrun(data, out, *RUN, '--max_iters=3', '--parallelism=fsdp', '--checkpoint_format=sharded')
-    assert (out / 'ckpt_3' / '.metadata').exists() and (out / 'ckpt_3' / 'train_state.pt').exists()
-    torchrun(data, out, *RUN, '--init_from=resume', '--parallelism=fsdp', '--checkpoint_format=sharded')
+def test_sharded_checkpoint_resumes_under_fsdp(resumed, tmp_path):
+    root, data = resumed
+    assert (root / 'sharded' / 'ckpt_3' / '.metadata').exists() and (root / 'sharded' / 'ckpt_3' / 'train_state.pt').exists()
+    out = root / 'sharded_resumed'  # resumed with init_from=resume from the newest checkpoint there, ckpt_3
     assert_same_losses(iteration_losses(out), iteration_losses(root / 'fsdp'))
     # a sharded checkpoint needs the same FSDP world size
     r = train(data, tmp_path / 'x', *RUN, '--init_from=resume', f'--resume_from={out / "ckpt_3"}', check=False)
     assert r.returncode == 2 and 'sharded checkpoint from 2 FSDP ranks' in r.stderr
 
 
-NEW_SETTINGS = ['--learning_rate=3e-4', '--min_lr=3e-5', '--weight_decay=0.05', '--beta1=0.8', '--beta2=0.99']
-
-
-def test_resume_takes_new_hyperparameters_under_zero1_and_sharded_fsdp(runs, tmp_path):
+def test_resume_takes_new_hyperparameters_under_zero1_and_sharded_fsdp(resumed, tmp_path):
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-    root, data = runs
+    root, _ = resumed
     # ZeRO-1 from a full checkpoint: its exposed and local param groups both get this run's settings
-    torchrun(data, tmp_path / 'zero1', *RUN, '--max_iters=4', '--parallelism=zero1', '--init_from=resume',
-             f'--resume_from={root / "zero1" / "ckpt_3.pt"}', *NEW_SETTINGS)
-    lr = run_logs(tmp_path / 'zero1')[-1]['training_iterations'][-1]['lr']
-    groups = torch.load(tmp_path / 'zero1' / 'ckpt_4.pt', weights_only=True)['optimizer']['param_groups']
+    lr = run_logs(root / 'zero1_new')[-1]['training_iterations'][-1]['lr']
+    groups = torch.load(root / 'zero1_new' / 'ckpt_4.pt', weights_only=True)['optimizer']['param_groups']
     assert_optimizer_follows(groups, 3e-4, lr, 0.05, (0.8, 0.99))
     # FSDP from a sharded checkpoint (torch.distributed.checkpoint restores the groups too)
-    out = tmp_path / 'sharded'
-    torchrun(data, out, *RUN, '--max_iters=3', '--parallelism=fsdp', '--checkpoint_format=sharded')
-    torchrun(data, out, *RUN, '--max_iters=4', '--parallelism=fsdp', '--checkpoint_format=sharded',
-             '--init_from=resume', *NEW_SETTINGS)
+    out = root / 'sharded_new'
     lr = run_logs(out)[-1]['training_iterations'][-1]['lr']
     dcp_to_torch_save(str(out / 'ckpt_4'), str(tmp_path / 'ckpt_4.pt'))
     groups = torch.load(tmp_path / 'ckpt_4.pt', weights_only=False)['optimizer']['param_groups']
@@ -168,26 +230,19 @@ atexit.register(lambda: print(f"rank {os.environ['RANK']}: {calls[0]} broadcasts
     assert sorted(counts) == [('0', '1'), ('1', '1')], r.stdout[-2000:]
 
 
-def test_moe_expert_shares_under_ddp_equal_one_process(runs, tmp_path):
+def test_moe_expert_shares_under_ddp_equal_one_process(runs):
     # each layer's shares sum to 1 over all ranks' slots (they once summed to 1 / world size)
-    _, data = runs
-    args = ['--arch_preset=moe', '--n_kv_head=1', '--max_iters=2', '--gradient_accumulation_steps=2',
-            '--eval_interval=100', '--log_interval=2']
-    train(data, tmp_path / 'single', *args)
-    torchrun(data, tmp_path / 'ddp', *args, '--parallelism=ddp')
-    [single], [ddp] = (run_logs(tmp_path / name)[0]['training_iterations'] for name in ('single', 'ddp'))
+    root, _ = runs
+    [single], [ddp] = (run_logs(root / name)[0]['training_iterations'] for name in ('moe_single', 'moe_ddp'))
     assert len(ddp['expert_fractions']) == 2
     for a, b in zip(ddp['expert_fractions'], single['expert_fractions']):
         assert sum(a) == pytest.approx(1.0) and a == pytest.approx(b, abs=1e-12)
 
 
-def test_epoch_sampling_on_a_sharded_corpus_is_the_same_on_two_ranks(tmp_path):
-    data = make_sharded_dataset(tmp_path / 'data')
-    args = ['--max_iters=4', '--gradient_accumulation_steps=2', '--eval_interval=100', '--log_interval=1']
-    train(data, tmp_path / 'single', *args)
-    torchrun(data, tmp_path / 'ddp', *args, '--parallelism=ddp')
-    assert run_logs(tmp_path / 'ddp')[0]['startup_info']['dataset']['sampling'] == 'epoch'
-    assert iteration_losses(tmp_path / 'ddp') == iteration_losses(tmp_path / 'single')
+def test_epoch_sampling_on_a_sharded_corpus_is_the_same_on_two_ranks(runs):
+    root, _ = runs
+    assert run_logs(root / 'epoch_ddp')[0]['startup_info']['dataset']['sampling'] == 'epoch'
+    assert iteration_losses(root / 'epoch_ddp') == iteration_losses(root / 'epoch_single')
 
 
 @pytest.mark.parametrize('args,message', [
@@ -232,7 +287,8 @@ def test_torchrun_restarts_a_killed_rank_from_the_last_checkpoint(tmp_path):
     import signal
     import time
     data = make_char_dataset(tmp_path / 'data')
-    args = ['--max_iters=300', '--eval_interval=50', '--log_interval=10', '--lr_decay_iters=300',
+    # killed once ckpt_50.pt is there, 100 iterations before the end: time enough for the poll below to land first
+    args = ['--max_iters=150', '--eval_interval=50', '--log_interval=10', '--lr_decay_iters=150',
             '--gradient_accumulation_steps=2', '--init_from=auto']
     train(data, tmp_path / 'single', *args)
     env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
