@@ -57,10 +57,23 @@ def recover_interrupted_swap(directory):
             continue
         complete = all(os.path.isfile(os.path.join(tmp, f)) for f in ('.metadata', 'train_state.pt'))
         os.replace(tmp if complete else old, path)
-    # a checkpoint file whose writer was killed (kill -9, a lost node) is only its temp file: nothing reads it
+    # a checkpoint file whose writer was killed (kill -9) is only its temp file, named by the writer's pid: removed
+    # once that process is gone (a live one may be another run's, e.g. an eval_only next to a training run)
     for leftover in glob.glob(os.path.join(directory, 'ckpt_*.pt.*.tmp')) + \
             glob.glob(os.path.join(directory, 'best.pt.*.tmp')):
-        os.remove(leftover)
+        pid = leftover.rsplit('.', 2)[-2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            os.remove(leftover)
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def remove(path):

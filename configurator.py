@@ -50,25 +50,42 @@ def parse_value(key, text, default, types):
     return value
 
 
+def assigned_names(code):
+    """The names a config file assigns (a, b = 1, 2 and assignments under if/for included), in order."""
+    names, todo = [], [ast.parse(code)]
+    while todo:
+        node = todo.pop(0)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue  # their names are local, not settings
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.append(node.id)
+        todo.extend(ast.iter_child_nodes(node))
+    return list(dict.fromkeys(names))
+
+
 def apply(config, argv, types=None, aliases=None):
     """Apply config files and --key=value overrides in argv to the dict `config` (in order). aliases maps boolean
     settings of other tools (use_fsdp) to the (key, value) they stand for here (parallelism='fsdp'): True sets it,
-    False does nothing, and a different value of that key set anywhere else is an error."""
+    a later False undoes it (and does nothing otherwise), and a different value of that key set before or after
+    it is an error."""
     types, aliases = types or {}, aliases or {}
     known = [k for k in config]
-    set_by = {}  # key -> (what set it, value, whether an alias did), for the conflicts of aliases
+    set_by = {}  # key -> (what set it, the alias that did or None, the value before the alias)
 
     def assign(key, value, source):
-        alias = key in aliases
+        alias = key if key in aliases else None
         if alias:
             if not isinstance(value, bool):
                 raise ConfigError(f"{source}: expected True or False")
-            if not value:
+            key, target = aliases[alias]
+            if not value:  # False undoes this alias's own True, and does nothing otherwise
+                if key in set_by and set_by[key][1] == alias:
+                    config[key] = set_by.pop(key)[2]
                 return
-            key, value = aliases[key]
-        if key in set_by and set_by[key][1] != value and (alias or set_by[key][2]):
+            value = target
+        if key in set_by and config[key] != value and (alias or set_by[key][1]):
             raise ConfigError(f"{source} conflicts with {set_by[key][0]}")
-        set_by[key] = (source, value, alias)
+        set_by[key] = (source, alias, set_by[key][2] if key in set_by else config[key])
         config[key] = value
 
     for arg in argv:
@@ -79,16 +96,17 @@ def apply(config, argv, types=None, aliases=None):
             with open(arg) as f:
                 code = f.read()
             try:
+                assigned = assigned_names(code)
                 exec(compile(code, arg, 'exec'), scope)
             except Exception as e:
                 raise ConfigError(f"{arg}: {type(e).__name__}: {e}")
-            for key, value in scope.items():
-                if key.startswith('_') or type(value).__name__ in ('module', 'function', 'type'):
+            for key in assigned:  # only what the file sets: its copy of every other key is not a setting
+                value = scope.get(key, scope)
+                if key.startswith('_') or value is scope or type(value).__name__ in ('module', 'function', 'type'):
                     continue
                 if key not in config and key not in aliases:
                     raise ConfigError(f"{arg}: unknown config key {key!r}{_suggest(key, known)}")
-                if key in aliases or value != config[key] or key in set_by:
-                    assign(key, value, f"{key}={value!r} ({arg})")
+                assign(key, value, f"{key}={value!r} ({arg})")
         else:
             key, eq, text = arg[2:].partition('=')
             if not eq:

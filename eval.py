@@ -81,9 +81,10 @@ except downstream.EvalError as e:
     die(str(e))
 device_type = device.split(':')[0]
 autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
-if flash_attention == 'require' and (why := perf.why_no_flash_attention(model.config, device, dtype)):
-    die(f"flash_attention='require' but FlashAttention cannot run here: {why}")
-attention_context = perf.attention_context(flash_attention)  # every forward runs under it, as in train.py
+try:  # every forward runs under it, as in train.py; 'require' is kept or refused with the reason
+    attention_context, _ = perf.attention_for_run(flash_attention, model.config, device, dtype)
+except ValueError as e:
+    die(str(e))
 model.eval().to(device)
 if compile:
     model.compile(dynamic=True)  # rows of every length

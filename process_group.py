@@ -6,7 +6,6 @@ In one process (no torchrun, so no group) each function works on this process's 
 """
 import os
 import time
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -32,26 +31,34 @@ def meeting_prefix(store, rank, world_size):
 
     Not TORCHELASTIC_RESTART_COUNT: each node's agent counts its own workers' failures, so after a worker on one
     node dies it is 1 there and still 0 on the others, which then read the dead ranks' keys. Rank 0 takes a fresh
-    number and answers each rank that asks with it; a rank that asked a dead rank 0 (whose number is still in the
-    store) gets no answer and asks again."""
+    number; every other rank takes a ticket (unique to its process) and joins under the number it finds, joining
+    again if a new number appears (the one it found was a dead rank 0's); once all have joined, rank 0 answers each
+    ticket. Polled with check(), which returns at once: a wait with a timeout would print a c10d warning at every
+    retry."""
+    deadline = time.monotonic() + store.timeout.total_seconds()
     if rank == 0:
         number = store.add('meeting/number', 1)
         store.set('meeting/rank0', str(number))
-        for r in range(1, world_size):
-            ticket = store.get(f'meeting/{number}/rank{r}').decode()
-            store.set(f'meeting/answer/{ticket}', str(number))
+        keys = [f'meeting/{number}/rank{r}' for r in range(1, world_size)]
+        while keys and not store.check(keys):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"process group: not every rank joined within {store.timeout}")
+            time.sleep(0.05)
+        for key in keys:
+            store.set(f'meeting/answer/{store.get(key).decode()}', str(number))
         return f'meeting/{number}/'
     ticket = store.add('meeting/number', 1)  # unique to this process, so no earlier rank 0 answered it
-    deadline = time.monotonic() + store.timeout.total_seconds()
-    while True:
-        number = store.get('meeting/rank0').decode()
-        store.set(f'meeting/{number}/rank{rank}', str(ticket))
-        try:
-            store.wait([f'meeting/answer/{ticket}'], timedelta(seconds=1))
-            return f"meeting/{store.get(f'meeting/answer/{ticket}').decode()}/"
-        except dist.DistStoreError:  # no answer yet: a dead rank 0's number, or a slow live one
-            if time.monotonic() > deadline:
-                raise
+    joined = None
+    while not store.check([f'meeting/answer/{ticket}']):
+        if store.check(['meeting/rank0']):
+            number = store.get('meeting/rank0').decode()
+            if number != joined:
+                store.set(f'meeting/{number}/rank{rank}', str(ticket))
+                joined = number
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process group: rank 0 did not answer within {store.timeout}")
+        time.sleep(0.05)
+    return f"meeting/{store.get(f'meeting/answer/{ticket}').decode()}/"
 
 
 def sum_over_ranks(t):

@@ -28,7 +28,10 @@ stop_request = None  # 'interrupted' (Ctrl-C) or 'preempted' (SIGTERM, SIGUSR1: 
 
 
 def check_settings(c, distributed, world_size, hub_names):
-    """Die on the first invalid setting of the config dict c."""
+    """Die on the first invalid setting of the config dict c. The first call of a run: it also clears a stop
+    request that an earlier run in this process received (this module outlives an in-process run)."""
+    global stop_request
+    stop_request = None
     choices = {'lr_schedule': ('cosine', 'linear', 'wsd'), 'parallelism': ('ddp', 'zero1', 'fsdp'),
                'optimizer': ('adamw', 'muon'), 'compile_mode': ('default', 'reduce-overhead', 'max-autotune'),
                'flash_attention': ('auto', 'require', 'off'), 'checkpoint_format': ('full', 'sharded'),
@@ -108,8 +111,16 @@ def stop_reason(votes):
 
 def startup_info(model_config, raw_model, batch_size, gradient_accumulation_steps, hardware, flops, peak,
                  peak_source, seed, dataset, checkpoint):
-    """The run log's startup_info (the start-up report prints it: monitor.startup_report)."""
+    """The run log's startup_info (the start-up report prints it: monitor.startup_report). dataset: (data_dir,
+    sampling, streams, meta)."""
     c = model_config
+    hardware = {**hardware, 'device_memory_gb': device_memory_gb(hardware['device'])}
+    hardware = {k: hardware[k] for k in ('device', 'device_name', 'world_size', 'parallelism', 'device_memory_gb',
+                                         'dtype', 'compile', 'attention_kernel')}  # the order the log has always had
+    data_dir, sampling, streams, meta = dataset
+    dataset = {'dir': data_dir, 'sampling': sampling, 'shards': len(streams['train'].paths),
+               **{k: meta.get(k) for k in ('vocab_size', 'train_tokens', 'val_tokens', 'train_documents', 'source',
+                                           'source_sha256', 'fingerprint')}}
     world_size = hardware['world_size']
     flops_per_token, attention_flops, ffn_flops = flops
     tokens_per_iter = gradient_accumulation_steps * batch_size * c.block_size

@@ -91,12 +91,12 @@ weight_tying = None  # the token embedding shared with the output head
 dropout = None  # 0.0
 attention_backend = None  # sdpa | manual
 attention_mask = None  # causal | document: attention within each document only (needs the document index)
-qk_norm = None  # False: RMS-normalize queries and keys per head
+qk_norm = None  # default False; True: RMS-normalize queries and keys per head
 n_expert = None  # 0 = a dense FFN; > 0: Mixture-of-Experts
 n_expert_per_token = None  # 2
 moe_intermediate_size = None  # the dense FFN's hidden size
 moe_aux_loss_coef = None  # 0.01: the load-balancing loss weight
-gradient_checkpointing = None  # False: recompute block activations in backward to save memory
+gradient_checkpointing = None  # default False; True: recompute block activations in backward to save memory
 init_std = None  # 0.02
 # optimizer and schedule
 optimizer = 'adamw'  # adamw | muon (Muon for the blocks' 2-D matrices, AdamW for the rest; single process or ddp)
@@ -143,9 +143,8 @@ world_size = int(os.environ.get('WORLD_SIZE', 1))
 master = rank == 0
 
 
-def say(*args, **kwargs):
-    if master:
-        print(*args, **kwargs)
+def say(*args, **kwargs):  # rank 0 speaks for all
+    return print(*args, **kwargs) if master else None
 
 
 # ---- checks that need no model; the device, precision and process group; where the run starts; the data ----
@@ -199,6 +198,9 @@ else:
         die(str(e))
 for k in ARCH_FIELDS:  # from here on each architecture global (and the logged config) is the model's own value
     globals()[k] = config[k] = getattr(model_config, k)
+# the fields whose None means "derived" hold what they derive to (the config keeps None, as the checkpoint does)
+n_kv_head, ffn_hidden = model_config.kv_heads, model_config.ffn_hidden_size
+moe_intermediate_size = model_config.expert_hidden_size if n_expert else None
 if meta['vocab_size'] > vocab_size:
     die(f"the dataset's vocabulary ({meta['vocab_size']} in {data_dir}/meta.json) is larger than the model's "
         f"vocab_size={vocab_size}")
@@ -320,17 +322,14 @@ def bits_per_byte(loss, split):
 
 # ---- run log (runlog.py): a .jsonl appended per line, the whole .json at the end, CSV, wandb; rank 0 only ----
 hardware = {'device': device, 'device_name': device_name, 'world_size': world_size,
-            'parallelism': parallelism if distributed else 'single',
-            'device_memory_gb': run_control.device_memory_gb(device), 'dtype': dtype, 'compile': compile,
+            'parallelism': parallelism if distributed else 'single', 'dtype': dtype, 'compile': compile,
             'attention_kernel': attention_kernel}
-dataset_info = {'dir': data_dir, 'sampling': batches.sampling, 'shards': len(streams['train'].paths),
-                **{k: meta.get(k) for k in ('vocab_size', 'train_tokens', 'val_tokens', 'train_documents', 'source',
-                                            'source_sha256', 'fingerprint')}}
 header = {'run_name': wandb_run_name or os.path.basename(os.path.abspath(out_dir)),
           'start_time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'config': config,
           'startup_info': run_control.startup_info(model_config, raw_model, batch_size, gradient_accumulation_steps,
                                                    hardware, (flops_per_token, attention_flops, ffn_flops), peak,
-                                                   peak_source, seed, dataset_info, checkpoint)}
+                                                   peak_source, seed, (data_dir, batches.sampling, streams, meta),
+                                                   checkpoint)}
 run_log = runlog.RunLog(out_dir, header, master, wandb_project if wandb_log else None,
                         [f'{t}_{k}' for t in task_names for k in ('acc', 'acc_norm', 'perplexity')])
 
@@ -431,6 +430,9 @@ def log_line():
         peak, peak_source = perf.measure_cpu_peak_tflops(dtype, again=True)  # (the best measurement is kept)
         say_note(f"note: {achieved_tflops:.4f} TFLOP/s reached, above the cached CPU peak {stale:.4f}; measured again: "
                  f"{peak:.4f} TFLOP/s")
+        run_log.update_startup(performance={**header['startup_info']['performance'], 'peak_tflops': peak,
+                                            'peak_source': peak_source, 'tokens_per_sec_at_50_mfu':
+                                            0.5 * peak * 1e12 * world_size / flops_per_token})
     norm = grad_norm.full_tensor() if hasattr(grad_norm, 'full_tensor') else grad_norm
     entry = {'iter': iter_num, 'loss': mean_loss,
              'loss_variance': statistics.pvariance(recent_losses) if len(recent_losses) > 1 else 0.0,

@@ -116,7 +116,10 @@ def main(argv):
     against = options.pop('against', None)
     if against is not None and not os.path.isfile(os.path.join(against, 'train.py')):
         die(f"--against={against}: no train.py there (a checkout of another commit)")
-    rounds = int(options.pop('rounds', 1))
+    rounds = options.pop('rounds', '1')
+    if not rounds.isdigit() or int(rounds) < 1:
+        die(f"--rounds={rounds}: expected a whole number of at least 1")
+    rounds = int(rounds)
     trees = [ROOT] + ([os.path.abspath(against)] if against else [])
     overrides = [f'--{k}={v}' for k, v in options.items()]
     rows = []
@@ -125,8 +128,8 @@ def main(argv):
         synthetic_data(os.path.join(workdir, 'data'), int(options.get('vocab_size', 50257)))
         for target in targets:
             for compile_flag in compiles:
-                for _ in range(rounds):
-                    for tree in trees:
+                for round_number in range(rounds):
+                    for tree in trees if round_number % 2 == 0 else trees[::-1]:  # ABBA: order bias cancels
                         rows.append(run_one(target, compile_flag, iters, overrides, workdir, tree=tree))
                         print(table(rows[-1:]).splitlines()[-1] + (f"  ({tree})" if against else ''), flush=True)
     print()

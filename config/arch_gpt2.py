@@ -3,5 +3,5 @@
 arch_preset = 'gpt2'
 n_layer, n_head, n_embd, block_size = 4, 4, 128, 64
 out_dir, dataset = 'out-arch-gpt2', 'shakespeare_char'
-max_iters = lr_decay_iters = 1000
+max_iters, warmup_iters = 1000, 20  # the decay follows max_iters: --max_iters=100 decays over 100
 learning_rate, min_lr, beta2, eval_iters, log_interval = 1e-3, 1e-4, 0.99, 20, 50

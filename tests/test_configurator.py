@@ -120,3 +120,34 @@ def test_quick_start_architecture_configs_train(name, tmp_path):
                                      **{k: v for k, v in settings.items() if k in GPTConfig.__dataclass_fields__})
     assert log['startup_info']['architecture'] == expected.architecture_name()
     assert log['config']['block_size'] == settings['block_size'] == 64  # the config the run logs is the model's
+
+
+def test_aliases_of_other_trainers_in_files_and_on_the_command_line(tmp_path):
+    aliases = {'use_fsdp': ('parallelism', 'fsdp'), 'use_zero1': ('parallelism', 'zero1')}
+    files = {'a.py': 'use_fsdp = True\n', 'b.py': 'batch_size = 5\n', 'c.py': "parallelism = 'ddp'\n",
+             'd.py': "if True:\n    use_zero1 = True\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+
+    def parallelism(*argv):
+        return apply({'parallelism': 'ddp', 'batch_size': 12}, [str(tmp_path / a) if a.endswith('.py') else a
+                                                                for a in argv], aliases=aliases)['parallelism']
+    assert parallelism('--use_fsdp=True') == 'fsdp' and parallelism('a.py') == 'fsdp' and parallelism('d.py') == 'zero1'
+    assert parallelism('a.py', '--use_fsdp=False') == 'ddp'  # a later False undoes the file's True
+    assert parallelism('--use_zero1=False') == 'ddp' and parallelism('a.py', 'b.py') == 'fsdp'
+    assert parallelism('--use_fsdp=True', '--parallelism=fsdp') == 'fsdp'  # agreeing is no conflict
+    for argv, blamed in [(('c.py', '--use_fsdp=True'), 'c.py'), (('a.py', 'b.py', '--parallelism=zero1'), 'a.py'),
+                         (('--use_fsdp=True', 'b.py', '--use_zero1=True'), '--use_fsdp=True'),
+                         (('--parallelism=zero1', 'a.py'), '--parallelism=zero1')]:
+        with pytest.raises(ConfigError, match='conflicts with') as e:
+            parallelism(*argv)
+        assert blamed in str(e.value).split('conflicts with')[1], (argv, str(e.value))
+
+
+def test_model_py_lists_the_presets():
+    from model import PRESETS
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'model.py'), '--presets'], capture_output=True, text=True)
+    assert r.returncode == 0 and [line.split()[0] for line in r.stdout.splitlines()[::2]] == list(PRESETS)
+    assert '124.5M parameters' in r.stdout and "n_expert=8" in r.stdout
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, 'model.py')], capture_output=True, text=True)
+    assert bad.returncode == 2 and 'usage:' in bad.stderr

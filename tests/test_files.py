@@ -63,7 +63,14 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temp_file(tmp_path):
 
 def test_temp_files_of_killed_checkpoint_writers_are_removed_at_start_up(tmp_path):
     import checkpoint
-    for name in ('ckpt_4.pt', 'ckpt_8.pt.4242.tmp', 'best.pt.77.tmp', 'notes.txt.5.tmp'):
+    import subprocess
+    import sys
+    gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    dead = int(gone.stdout)  # a pid that no longer runs
+    live = os.getpid()  # a writer still at work (another run in this out_dir): its file stays
+    for name in ('ckpt_4.pt', f'ckpt_8.pt.{dead}.tmp', f'best.pt.{dead}.tmp', f'ckpt_12.pt.{live}.tmp',
+                 f'notes.txt.{dead}.tmp'):
         (tmp_path / name).write_text('x')
     checkpoint.recover_interrupted_swap(str(tmp_path))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['ckpt_4.pt', 'notes.txt.5.tmp']  # only a checkpoint's
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(['ckpt_4.pt', f'ckpt_12.pt.{live}.tmp',
+                                                                 f'notes.txt.{dead}.tmp'])

@@ -192,3 +192,11 @@ def test_a_signal_during_a_long_evaluation_stops_at_once(data, tmp_path):
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 75 and 'stopped at iteration 0: preempted' in stdout, stdout + stderr
+
+
+def test_a_stop_request_does_not_outlive_its_run(data, tmp_path):
+    # run_control's module state stays in a process that runs train.py twice (a notebook, a sweep driver)
+    import run_control
+    run_control.stop_request = 'interrupted'  # what a Ctrl-C left behind in the first run
+    r = train(data, tmp_path / 'o', '--max_iters=3', '--eval_interval=3')
+    assert 'stopped at iteration 3: max_iters' in r.stdout

@@ -188,3 +188,29 @@ def test_eval_py_on_two_nodes_gives_one_process_results(runs):
         assert one[task]['n'] == two[task]['n'] == 5
         for key in ('acc', 'acc_norm', 'perplexity'):
             assert two[task].get(key) == pytest.approx(one[task].get(key), rel=1e-6), (task, key)
+
+
+def test_ranks_meet_under_a_fresh_prefix_past_a_dead_rank_0s_number():
+    # an earlier start's rank 0 published number 1 and died: late and early ranks all meet under the new number
+    import threading
+    import time
+    from datetime import timedelta
+    import torch.distributed as dist
+    import process_group
+    server = dist.TCPStore('127.0.0.1', 0, None, True, timeout=timedelta(seconds=30), wait_for_workers=False)
+    server.add('meeting/number', 1)
+    server.set('meeting/rank0', '1')
+    met = {}
+
+    def rank(r, delay):
+        time.sleep(delay)
+        store = server if r == 0 else dist.TCPStore('127.0.0.1', server.port, None, False,
+                                                    timeout=timedelta(seconds=30))
+        met[r] = process_group.meeting_prefix(store, r, 4)
+    threads = [threading.Thread(target=rank, args=a) for a in [(0, 0.5), (1, 0), (2, 0.2), (3, 1.0)]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(met) == 4 and len(set(met.values())) == 1 and met[0] != 'meeting/1/', met
+    assert process_group.meeting_prefix(server, 0, 1) not in met.values()  # the next start: a new prefix
