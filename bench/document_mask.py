@@ -61,8 +61,8 @@ def main(argv):
             times[mask].append((time.perf_counter() - start) / n['steps'])
     rate = {mask: B * T / sorted(t)[len(t) // 2] for mask, t in times.items()}
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"{options['preset']} {n['n_layer']}L {n['n_embd']}D vocab {n['vocab_size']}, {B} x {T} tokens, {options['attention_backend']}, "
-          f"documents of mean {n['mean_doc']} tokens")
+          f"{options['preset']} {n['n_layer']}L {n['n_embd']}D vocab {n['vocab_size']}, {B} x {T} tokens, "
+          f"{options['attention_backend']}, documents of mean {n['mean_doc']} tokens")
     for mask in models:
         print(f"{mask:9s} {rate[mask]:10,.0f} tokens/s (median of {n['rounds']} rounds of {n['steps']} steps)")
     print(f"document / causal: {rate['document'] / rate['causal']:.3f}")

@@ -18,4 +18,5 @@ if __name__ == '__main__':
     except PrepareError as e:
         die(str(e))
     end = meta['document_index']['end_token']
-    print(f"{sys.argv[1]}: document index written ({'documents end at token ' + str(end) if end is not None else 'no end-of-text token: each split is one document'})")
+    where = f"documents end at token {end}" if end is not None else "no end-of-text token: each split is one document"
+    print(f"{sys.argv[1]}: document index written ({where})")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import loader
-from helpers import ROOT, iteration_losses, make_char_dataset, make_sharded_dataset, run, run_logs, train
+from helpers import iteration_losses, make_char_dataset, make_sharded_dataset, run, run_logs, train
 from model import GPT, GPTConfig, document_mask
 
 BLOCK = 16
@@ -164,3 +164,13 @@ def test_training_with_both_switches_resumes_bit_exactly(sharded, tmp_path):
     r = run('sample.py', f'--out_dir={tmp_path / "straight"}', '--num_samples=1', '--max_new_tokens=5',
             '--device=cpu', '--start=ab')
     assert r.returncode == 0, r.stderr
+
+
+def test_two_ranks_train_like_one_process(sharded, tmp_path):
+    from test_distributed import torchrun
+    args = ['--sampling=documents', '--attention_mask=document', '--block_size=48', '--max_iters=4',
+            '--gradient_accumulation_steps=2', '--eval_interval=100', '--log_interval=1']
+    train(sharded, tmp_path / 'single', *args)
+    torchrun(sharded, tmp_path / 'ddp', *args, '--parallelism=ddp')
+    assert run_logs(tmp_path / 'ddp')[0]['startup_info']['dataset']['sampling'] == 'documents'
+    assert iteration_losses(tmp_path / 'ddp') == iteration_losses(tmp_path / 'single')
