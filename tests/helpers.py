@@ -98,3 +98,38 @@ def assert_optimizer_follows(groups, learning_rate, lr, weight_decay, betas):
         if 'betas' in group:  # AdamW's; Muon has a momentum instead
             assert tuple(group['betas']) == betas, group
     assert any(g['weight_decay'] == weight_decay for g in groups)
+
+
+# train.py runs one after another in the same two workers (runpy, as helpers.run runs it in one process): one
+# start of torchrun and its workers (three interpreters importing torch) for a family of runs, not one per run.
+# Each run joins a process group of its own and closes it (process_group.init, train.py's finish); the first run
+# that fails stops the launch, so no rank starts the next run while another still waits in the failed one.
+EACH = r"""import json, os, runpy, sys
+sys.path.insert(0, {root!r})
+train_py = os.path.join({root!r}, 'train.py')
+with open(sys.argv[1]) as f:
+    plan = json.load(f)
+for argv in plan:
+    sys.argv = [train_py, *argv]
+    try:
+        runpy.run_path(train_py, run_name='__main__')
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            print(f"torchrun_each: exit status {{e.code}} from train.py {{' '.join(argv)}}", file=sys.stderr,
+                  flush=True)
+            raise
+"""
+
+
+def torchrun_each(folder, plan):
+    """plan: [(data_dir, out_dir, [args...]), ...]: each a train.py run under 2 ranks, all in one torchrun launch."""
+    script, plan_file = folder / 'torchrun_each.py', folder / 'torchrun_each.json'
+    script.write_text(EACH.format(root=ROOT))
+    plan_file.write_text(json.dumps([[f'--data_dir={data}', f'--out_dir={out}', *TINY_MODEL, *map(str, args)]
+                                     for data, out, args in plan]))
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
+    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                             str(script), str(plan_file)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result

@@ -1,5 +1,4 @@
 """DDP, ZeRO-1 and FSDP with 2 gloo processes on CPU, checked against one process."""
-import json
 import os
 import re
 import subprocess
@@ -8,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, TINY_MODEL, assert_optimizer_follows, iteration_losses, make_char_dataset, make_sharded_dataset, run_logs, train
+from helpers import (ROOT, TINY_MODEL, assert_optimizer_follows, iteration_losses, make_char_dataset, make_sharded_dataset,
+                     run_logs, torchrun_each, train)
 
 # 4 global micro-steps: one process accumulates 4, each of 2 ranks accumulates 2
 RUN = ['--max_iters=6', '--gradient_accumulation_steps=4', '--eval_interval=3', '--log_interval=1',
@@ -32,40 +32,6 @@ def assert_same_losses(a, b, iters=range(1, 7), tolerance=TOLERANCE):
     assert all(i in a and i in b for i in iters), (sorted(a), sorted(b))
     worst = max(abs(a[i] - b[i]) for i in iters)
     assert worst <= tolerance, (worst, a, b)
-
-
-# train.py runs one after another in the same two workers (runpy, as helpers.run runs it in one process): one
-# start of torchrun and its workers (three interpreters importing torch) for a family of runs, not one per run.
-# Each run joins a process group of its own and closes it (process_group.init, train.py's finish); the first run
-# that fails stops the launch, so no rank starts the next run while another still waits in the failed one.
-EACH = r"""import json, os, runpy, sys
-sys.path.insert(0, {root!r})
-train_py = os.path.join({root!r}, 'train.py')
-with open(sys.argv[1]) as f:
-    plan = json.load(f)
-for argv in plan:
-    sys.argv = [train_py, *argv]
-    try:
-        runpy.run_path(train_py, run_name='__main__')
-    except SystemExit as e:
-        if e.code not in (None, 0):
-            print(f"torchrun_each: exit status {{e.code}} from train.py {{' '.join(argv)}}", file=sys.stderr, flush=True)
-            raise
-"""
-
-
-def torchrun_each(folder, plan):
-    """plan: [(data_dir, out_dir, [args...]), ...]: each a train.py run under 2 ranks, all in one torchrun launch."""
-    script, plan_file = folder / 'torchrun_each.py', folder / 'torchrun_each.json'
-    script.write_text(EACH.format(root=ROOT))
-    plan_file.write_text(json.dumps([[f'--data_dir={data}', f'--out_dir={out}', *TINY_MODEL, *map(str, args)]
-                                     for data, out, args in plan]))
-    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
-    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                             str(script), str(plan_file)], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
 
 
 MOE = ['--arch_preset=moe', '--n_kv_head=1', '--max_iters=2', '--gradient_accumulation_steps=2',
@@ -159,7 +125,8 @@ def test_full_checkpoints_move_between_modes(resumed, source, target):
 
 def test_sharded_checkpoint_resumes_under_fsdp(resumed, tmp_path):
     root, data = resumed
-    assert (root / 'sharded' / 'ckpt_3' / '.metadata').exists() and (root / 'sharded' / 'ckpt_3' / 'train_state.pt').exists()
+    first = root / 'sharded' / 'ckpt_3'
+    assert (first / '.metadata').exists() and (first / 'train_state.pt').exists()
     out = root / 'sharded_resumed'  # resumed with init_from=resume from the newest checkpoint there, ckpt_3
     assert_same_losses(iteration_losses(out), iteration_losses(root / 'fsdp'))
     # a sharded checkpoint needs the same FSDP world size

@@ -237,22 +237,24 @@ def test_same_scores_as_lm_evaluation_harness(tmp_path):
         assert report['acc_equal'] and report['acc_norm_equal'], (task, report)
 
 
-@pytest.mark.parametrize('mode', ['ddp', 'fsdp'])
-def test_downstream_in_training_under_torchrun_matches_one_process(trained, tmp_path, mode):
-    import subprocess
-    import sys
-    from helpers import ROOT, TINY_MODEL
+TASK_RUN = ['--max_iters=2', '--eval_interval=2', '--block_size=64', '--gradient_accumulation_steps=2',
+            '--eval_tasks=piqa,winogrande,lambada', '--eval_tasks_limit=5']
+
+
+@pytest.fixture(scope='module')
+def in_training(trained):
+    """Downstream scores during training: one process, and DDP and FSDP under 2 ranks (both in one launch)."""
+    from helpers import torchrun_each
     root, data, evals = trained
-    args = ['--max_iters=2', '--eval_interval=2', '--block_size=64', '--gradient_accumulation_steps=2',
-            '--eval_tasks=piqa,winogrande,lambada', f'--eval_tasks_dir={evals}', '--eval_tasks_limit=5']
-    train(data, tmp_path / 'single', *args)
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                        os.path.join(ROOT, 'train.py'), f'--data_dir={data}', f'--out_dir={tmp_path / mode}',
-                        *TINY_MODEL, *args, f'--parallelism={mode}'], capture_output=True, text=True, env=env,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    single, double = (run_logs(tmp_path / d)[0]['eval_steps'] for d in ('single', mode))
+    args = [*TASK_RUN, f'--eval_tasks_dir={evals}']
+    train(data, root / 'tasks_single', *args)
+    torchrun_each(root, [(data, root / f'tasks_{mode}', [*args, f'--parallelism={mode}']) for mode in ('ddp', 'fsdp')])
+    return root
+
+
+@pytest.mark.parametrize('mode', ['ddp', 'fsdp'])
+def test_downstream_in_training_under_torchrun_matches_one_process(in_training, mode):
+    single, double = (run_logs(in_training / f'tasks_{d}')[0]['eval_steps'] for d in ('single', mode))
     for a, b in zip(single, double):  # items shared out (ddp) or all on every rank (fsdp): the same totals
         for task in ('piqa', 'winogrande', 'lambada'):
             assert a['downstream'][task]['n'] == b['downstream'][task]['n'] == 5

@@ -19,7 +19,8 @@ def test_gpu_bench_runs_every_step_in_its_tiny_version(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, 'synthetic_data', functools.partial(bench.synthetic_data, vocab_size=512))
     # in-process (its steps start train.py and torchrun themselves); one model in the throughput step (the MoE,
     # compiled too): the other presets' graphs are tested elsewhere
-    result = run('bench/gpu.py', f'--results_dir={tmp_path}', f'--shakespeare={text}', '--models=config/full_moe_200m.py')
+    result = run('bench/gpu.py', f'--results_dir={tmp_path}', f'--shakespeare={text}',
+                 '--models=config/full_moe_200m.py')
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     [path] = [p for p in os.listdir(tmp_path) if p.endswith('.json')]
     record = json.loads((tmp_path / path).read_text())
