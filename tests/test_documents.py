@@ -174,3 +174,17 @@ def test_two_ranks_train_like_one_process(sharded, tmp_path):
     torchrun(sharded, tmp_path / 'ddp', *args, '--parallelism=ddp')
     assert run_logs(tmp_path / 'ddp')[0]['startup_info']['dataset']['sampling'] == 'documents'
     assert iteration_losses(tmp_path / 'ddp') == iteration_losses(tmp_path / 'single')
+
+
+def test_export_writes_a_document_masked_model_as_the_causal_model_it_is():
+    pytest.importorskip('transformers')
+    import convert
+    model = tiny()
+    hf, tensors = convert.to_hf(model.config, model.state_dict(), eot=12)
+    config, state = convert.from_hf(hf.to_dict(), tensors)
+    assert config.attention_mask == 'causal'
+    imported = GPT(config).eval()
+    imported.load_state_dict(state)
+    x = torch.randint(0, 13, (2, 24))
+    with torch.no_grad():
+        assert torch.allclose(imported(x)[0], model(x)[0], atol=1e-6)
