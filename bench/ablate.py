@@ -157,7 +157,8 @@ def probe(configs, common, changes, cache_path):
 
 
 def plan(args, baseline_iters=None):
-    """(variant names, runs): runs are dicts with variant, seed, out_dir and argv, in the order to run them.
+    """(variant names, runs): runs are dicts with variant, seed, out_dir and argv, in the order to run them (and
+    'error' where the variant's probe failed: run without its budget it would compare nothing, so it is not run).
     Under a tokens (FLOPs) budget a variant's schedule is the baseline's in iterations times the baseline's tokens
     (FLOPs) per iteration over the variant's: every run trains the baseline's tokens (FLOPs). baseline_iters, if
     given, is the baseline's max_iters instead of the config's (bench/scaling.py sets it per model size)."""
@@ -171,6 +172,7 @@ def plan(args, baseline_iters=None):
     # train.py's tokens per iteration: gradient_accumulation_steps * batch_size * block_size (the accumulation
     # steps are global, shared out over the ranks); a sweep that changes none of them trains equal tokens as it is
     matched = budget == 'flops' or budget == 'tokens' and any(k in TOKENS_PER_ITER for _, c in variants for k in c)
+    unplanned = {}
     if matched or baseline_iters is not None:
         figure = 'flops_per_iter' if budget == 'flops' else 'tokens_per_iter'
         cache = os.path.join(args['out_root'], 'probes.json')
@@ -182,7 +184,8 @@ def plan(args, baseline_iters=None):
         stretch = 1.0 if baseline_iters is None else baseline_iters / base['config']['max_iters']
         for name, changes in variants:
             if isinstance(probes.get(name), str):
-                continue  # it fails the same way when it runs, and is reported then
+                unplanned[name] = f"not run: its one-step probe of train.py failed: {probes[name]}"
+                continue
             ratio = stretch * (base[figure] / probes[name][figure] if matched else 1.0)
             changes['max_iters'] = max(1, round(base['config']['max_iters'] * ratio))
             # warmup and decay keep their share of the run (a decay of None ends with it); a variant's own value wins
@@ -194,7 +197,8 @@ def plan(args, baseline_iters=None):
         for name, changes in variants:
             out_dir = os.path.join(args['out_root'], name.replace('/', '_'), *([f'seed{seed}'] if seed is not None else []))
             runs.append({'variant': name, 'seed': seed, 'out_dir': out_dir,
-                         'argv': train_argv(args['configs'], args['common'], changes, out_dir, seed) + ['--init_from=auto']})
+                         'argv': train_argv(args['configs'], args['common'], changes, out_dir, seed) + ['--init_from=auto'],
+                         **({'error': unplanned[name]} if name in unplanned else {})})
     return [name for name, _ in variants], runs
 
 
@@ -234,6 +238,10 @@ def resources(jobs):
     return [{'OMP_NUM_THREADS': threads, 'MKL_NUM_THREADS': threads} for _ in range(jobs)]
 
 
+def run_label(run):
+    return run['variant'] + (f" seed {run['seed']}" if run['seed'] is not None else '')
+
+
 def execute(runs, jobs):
     """Run the runs, `jobs` at a time; returns {out_dir: error message} for those that failed."""
     pending, active, errors, slots = list(runs), {}, {}, resources(jobs)
@@ -260,7 +268,7 @@ def execute(runs, jobs):
             log.close()
             free.append(slot)
             done += 1
-            label = f"{run['variant']}" + (f" seed {run['seed']}" if run['seed'] is not None else '')
+            label = run_label(run)
             if process.returncode == 0:
                 print(f"[{done}/{total}] {label}: done in {time.time() - started:.0f} s", flush=True)
                 continue
@@ -282,12 +290,15 @@ def run_sweep(runs, jobs, report_only=False):
         if os.path.isfile(recorded) and open(recorded).read().strip() != shlex.join(run['argv']):
             die(f"{run['out_dir']} holds a run of another command (see its command.txt): use another --out_root "
                 f"or remove that folder")
-    errors = {}
+    errors = {run['out_dir']: run['error'] for run in runs if 'error' in run}
+    for run in runs:
+        if 'error' in run:
+            print(f"{run_label(run)}: FAILED ({run['error']})")
     if not report_only:
-        todo = [run for run in runs if not finished(run['out_dir'])]
-        if len(todo) < len(runs):
-            print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished: skipped")
-        errors = execute(todo, jobs)
+        todo = [run for run in runs if 'error' not in run and not finished(run['out_dir'])]
+        if len(todo) < len(runs) - len(errors):
+            print(f"{len(runs) - len(errors) - len(todo)} of {len(runs)} runs already finished: skipped")
+        errors.update(execute(todo, jobs))
     return [{'error': errors[run['out_dir']]} if run['out_dir'] in errors else
             load(run['out_dir']) if finished(run['out_dir']) else {'error': 'not finished'} for run in runs]
 
@@ -299,7 +310,12 @@ def without_option(argv, option):
 
 
 def emit_slurm(runs, out_root, report_argv, job_name='ablate'):
-    """A job array with one run per task, a report job (report_argv) after it, and submit.sh chaining them."""
+    """A job array with one run per task, a report job (report_argv) after it, and submit.sh chaining them; returns
+    (the folder, the number of tasks). Runs that cannot be planned (an 'error') are left out, saying why."""
+    for run in runs:
+        if 'error' in run:
+            print(f"{run_label(run)}: left out ({run['error']})")
+    runs = [run for run in runs if 'error' not in run]
     folder = os.path.join(out_root, 'slurm')
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, 'runs.txt'), 'w') as f:
@@ -332,7 +348,7 @@ sbatch --dependency=afterany:${{array%%;*}} report.sbatch
         with open(os.path.join(folder, name), 'w') as f:
             f.write(text)
     os.chmod(os.path.join(folder, 'submit.sh'), 0o755)
-    return folder
+    return folder, len(runs)
 
 
 def main(argv):
@@ -340,12 +356,12 @@ def main(argv):
     variants, runs = plan(args)
     if args['dry_run']:
         for run in runs:
-            print(shlex.join(run['argv']))
+            print(f"# {run_label(run)}: {run['error']}" if 'error' in run else shlex.join(run['argv']))
         return 0
     if args['emit'] == 'slurm':  # the report step reruns the command without --emit
-        folder = emit_slurm(runs, args['out_root'],
-                            [sys.executable, os.path.abspath(__file__), *without_option(argv, '--emit'), '--report'])
-        print(f"wrote {folder}/array.sbatch ({len(runs)} tasks), report.sbatch and submit.sh; run: bash {folder}/submit.sh")
+        folder, tasks = emit_slurm(runs, args['out_root'],
+                                   [sys.executable, os.path.abspath(__file__), *without_option(argv, '--emit'), '--report'])
+        print(f"wrote {folder}/array.sbatch ({tasks} tasks), report.sbatch and submit.sh; run: bash {folder}/submit.sh")
         return 0
     records = run_sweep(runs, args['jobs'], args['report'])
     results = {(run['variant'], run['seed']): record for run, record in zip(runs, records)}

@@ -121,13 +121,13 @@ def main(argv):
     sizes, variants, runs = plan(args)
     if args['dry_run']:
         for run in runs:
-            print(shlex.join(run['argv']))
+            print(f"# {run['size']} {ablate.run_label(run)}: {run['error']}" if 'error' in run else shlex.join(run['argv']))
         return 0
     if args['emit'] == 'slurm':  # the report step reruns the command without --emit
-        folder = ablate.emit_slurm(runs, args['out_root'], [sys.executable, os.path.abspath(__file__),
-                                                            *ablate.without_option(argv, '--emit'), '--report'],
-                                   job_name='scaling')
-        print(f"wrote {folder}/array.sbatch ({len(runs)} tasks), report.sbatch and submit.sh; run: bash {folder}/submit.sh")
+        folder, tasks = ablate.emit_slurm(runs, args['out_root'], [sys.executable, os.path.abspath(__file__),
+                                                                   *ablate.without_option(argv, '--emit'), '--report'],
+                                          job_name='scaling')
+        print(f"wrote {folder}/array.sbatch ({tasks} tasks), report.sbatch and submit.sh; run: bash {folder}/submit.sh")
         return 0
     records = ablate.run_sweep(runs, args['jobs'], args['report'])
     results = {(run['size'], run['variant'], run['seed']): record for run, record in zip(runs, records)}

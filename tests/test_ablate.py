@@ -237,6 +237,16 @@ def test_budgets_scale_the_schedule_to_equal_tokens_or_flops(monkeypatch, tmp_pa
     # no variant changes the tokens of an iteration: nothing to probe, the config's schedule for all
     monkeypatch.setattr(ablate, 'probe', None)
     assert plan('tokens', ('ffn_type', 'swiglu'))['max_iters'] == {'baseline': '100', 'ffn_type=swiglu': '100'}
+    # a variant whose probe fails is not run without its budget (a transient failure, a bad setting): it is failed
+    monkeypatch.setattr(ablate, 'probe', lambda configs, common, changes, cache_path: 'boom' if changes else
+                        {'flops_per_iter': 1.0, 'tokens_per_iter': 64, 'config': dict(schedule)})
+    runs = ablate.plan({'configs': [], 'common': [], 'budget': 'flops', 'seeds': [1, 2], 'out_root': str(tmp_path),
+                        'variants': [{'name': 'ffn_type=swiglu', 'ffn_type': 'swiglu'}]})[1]
+    assert [r.get('error') for r in runs] == [None, 'not run: its one-step probe of train.py failed: boom'] * 2
+    records = ablate.run_sweep([r for r in runs if 'error' in r], jobs=1)
+    assert records == [{'error': 'not run: its one-step probe of train.py failed: boom'}] * 2
+    assert 'ffn_type=swiglu seed 2: FAILED (not run' in capsys.readouterr().out
+    assert not os.path.exists(runs[1]['out_dir'])
     # a variant's own max_iters would break the budget
     for budget in ('tokens', 'flops'):
         with pytest.raises(SystemExit):
