@@ -80,7 +80,7 @@ def sweep(tmp_path_factory):
     data = make_char_dataset(root / 'data')
     args = [f'--data_dir={data}', *TINY_MODEL, *RUN, '--vary', 'ffn_type=standard', 'n_kv_head=3',
             '--seeds', '2', '--budget', 'flops', '--jobs', '2', f'--out_root={root / "abl"}']
-    result = run('bench/ablate.py', *args, in_process=False)
+    result = run('bench/ablate.py', *args)  # in-process: ablate.py's runs and probes are processes of their own
     return root, data, args, result
 
 
@@ -119,20 +119,24 @@ def test_rerun_skips_finished_runs_and_json_report(sweep):
     root, _, args, _ = sweep
     out = root / 'abl'
     stamps = {p: os.path.getmtime(p) for p in out.glob('*/seed*/run_*.json')}
-    again = run('bench/ablate.py', *args, '--format', 'json', in_process=False)
+    again = run('bench/ablate.py', *args, '--format', 'json')
     assert '4 of 6 runs already finished: skipped' in again.stdout
     assert {p: os.path.getmtime(p) for p in out.glob('*/seed*/run_*.json')} == stamps
-    changed = run('bench/ablate.py', *[a.replace('--max_iters=6', '--max_iters=7') for a in args], in_process=False)
+    changed = run('bench/ablate.py', *[a.replace('--max_iters=6', '--max_iters=7') for a in args])
     assert changed.returncode == 2 and 'holds a run of another command' in changed.stderr  # never reuse stale runs
     record = json.loads((out / 'comparison.json').read_text())
     assert record['budget'] == 'flops' and record['seeds'] == [1, 2] and record['answer']
     assert [v['variant'] for v in record['variants']] == ['baseline', 'ffn_type=standard', 'n_kv_head=3']
 
 
-def test_jobs_in_parallel_equal_one_after_another(sweep, tmp_path):
+def test_jobs_in_parallel_equal_one_after_another(sweep, tmp_path, monkeypatch):
+    import shutil
     root, data, _, _ = sweep
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)  # the one job gets the cores (tests/conftest.py sets 1)
+    # the sweep's one-step probes of these two variants (the same train.py commands): not probed again
+    shutil.copyfile(root / 'abl' / 'probes.json', tmp_path / 'probes.json')
     result = run('bench/ablate.py', f'--data_dir={data}', *TINY_MODEL, *RUN, '--vary', 'ffn_type=standard',
-                 '--seeds', '2,', '--budget', 'flops', '--jobs', '1', f'--out_root={tmp_path}', in_process=False)
+                 '--seeds', '2,', '--budget', 'flops', '--jobs', '1', f'--out_root={tmp_path}')
     assert result.returncode == 0, result.stdout + result.stderr
     for variant in ('baseline', 'ffn_type=standard'):
         for seed in (2,):  # seed 2 alone, one job, against the sweep's seed 2, run two at a time
@@ -188,7 +192,7 @@ def test_time_budget_stops_every_run_at_max_time(sweep, tmp_path):
     _, data, _, _ = sweep
     result = run('bench/ablate.py', f'--data_dir={data}', *TINY_MODEL, '--max_iters=100000', '--eval_interval=100000',
                  '--max_time=1', '--vary', 'ffn_type=standard', '--budget', 'time', '--jobs', '2',
-                 f'--out_root={tmp_path}', in_process=False)
+                 f'--out_root={tmp_path}')
     assert result.returncode == 0, result.stdout + result.stderr
     for variant in ('baseline', 'ffn_type=standard'):
         [log] = run_logs(tmp_path / variant)  # one seed: the single-run layout
