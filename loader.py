@@ -151,7 +151,9 @@ def packed_windows(doc_starts, total, block):
         within = np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k)  # 0, 1, ... inside each opener's windows
         windows[at:at + len(within)] = np.repeat(np.asarray(doc_starts[chosen]), k) + within * block
         at += len(within)
-    return windows
+    # a window from the split's last token owns nothing (that token predicts nothing): a split ending in an empty
+    # document (EOT EOT) would make one, and its row of no targets a NaN loss
+    return windows[:int(np.searchsorted(windows, total - 1))]
 
 
 def _mix(x):

@@ -158,9 +158,11 @@ def sdpa_backend_in_use(config, device, dtype, attention_context):
     T = min(config.block_size, 256)
     q = torch.randn(1, config.n_head, T, config.head_dim, device=device, dtype=dtype)
     kv = torch.randn(1, config.kv_heads, T, config.head_dim, device=device, dtype=dtype)
+    # a document mask is a boolean mask, which FlashAttention on CUDA does not take: probe with one too
+    mask = torch.ones(T, T, dtype=torch.bool, device=device).tril() if config.attention_mask == 'document' else None
     try:
         with attention_context(), RecordOps() as record:
-            torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True,
+            torch.nn.functional.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, is_causal=mask is None,
                                                              enable_gqa=config.kv_heads != config.n_head)
     except RuntimeError as e:
         return f'none: {str(e).splitlines()[0]}'
@@ -186,6 +188,8 @@ def why_no_flash_attention(config, device, dtype):
             'it needs compute capability 8.0 or newer' if torch.cuda.get_device_capability(device) < (8, 0) else
             f'it needs dtype bfloat16 or float16, not {dtype}' if dtype == 'float32' else
             "attention_backend is 'manual'" if config.attention_backend != 'sdpa' else
+            "attention_mask='document' is a boolean mask, which it does not take"
+            if config.attention_mask == 'document' else
             f'head size {head} is not a multiple of 8 up to 256' if head % 8 or head > 256 else None)
 
 

@@ -180,7 +180,9 @@ if task_names:
 # ---- model config: the checkpoint's, a Hugging Face model's, or the preset's with the fields set above ----
 hf_state = None
 if checkpoint is not None:
-    model_config = GPTConfig(**checkpoint['model_args'])
+    # the checkpoint fixes the architecture; attention_mask is a training choice that leaves the weights as they are
+    model_config = GPTConfig(**{**checkpoint['model_args'],
+                                **({'attention_mask': attention_mask} if attention_mask else {})})
 elif init_from not in ('scratch', 'auto'):
     try:
         model_config, hf_state = convert.load_for_training(init_from, dropout=dropout,

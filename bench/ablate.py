@@ -226,7 +226,7 @@ def load(out_dir):
 
 def resources(jobs):
     """One environment per job slot: its own GPU where there are several, else a share of the CPU cores (or the
-    OMP_NUM_THREADS already set: on a shared machine one thread per run can be several times faster than two)."""
+    fewer if OMP_NUM_THREADS says so: on a shared machine one thread per run can be several times faster than two)."""
     try:
         import torch
         gpus = torch.cuda.device_count()
@@ -234,7 +234,9 @@ def resources(jobs):
         gpus = 0
     if gpus > 1:
         return [{'CUDA_VISIBLE_DEVICES': str(slot % gpus)} for slot in range(jobs)]
-    threads = os.environ.get('OMP_NUM_THREADS') or str(max(1, (os.cpu_count() or 1) // jobs))
+    share = max(1, (os.cpu_count() or 1) // jobs)
+    limit = os.environ.get('OMP_NUM_THREADS', '')  # a cap (a job script's export must not oversubscribe the jobs)
+    threads = str(min(share, int(limit)) if limit.isdigit() and int(limit) > 0 else share)
     return [{'OMP_NUM_THREADS': threads, 'MKL_NUM_THREADS': threads} for _ in range(jobs)]
 
 

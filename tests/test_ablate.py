@@ -269,3 +269,13 @@ def test_jobs_get_a_gpu_each_or_a_share_of_the_cores(monkeypatch):
     assert ablate.resources(32)[0]['OMP_NUM_THREADS'] == '1'
     monkeypatch.setenv('OMP_NUM_THREADS', '1')  # set by the user: kept
     assert ablate.resources(2) == [{'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}] * 2
+
+
+def test_an_exported_thread_count_caps_the_jobs_and_never_oversubscribes(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 0)
+    monkeypatch.setattr(os, 'cpu_count', lambda: 16)
+    monkeypatch.setenv('OMP_NUM_THREADS', '16')  # a SLURM job script's export for the whole node
+    assert ablate.resources(4)[0]['OMP_NUM_THREADS'] == '4'
+    monkeypatch.setenv('OMP_NUM_THREADS', 'lots')
+    assert ablate.resources(4)[0]['OMP_NUM_THREADS'] == '4'

@@ -116,7 +116,9 @@ def test_changing_one_document_leaves_the_next_ones_logits_unchanged(backend):
         causal = model(changed)[0]  # no document ids: the row is one document
     assert torch.equal(before[0, 9:], after[0, 9:])
     assert not torch.allclose(before[0, :9], after[0, :9])
-    assert not torch.allclose(before[0, 9:], causal[0, 9:], atol=1e-3)  # a leak would show here
+    assert not torch.allclose(before[0, 9:], causal[0, 9:], atol=1e-3)
+    # and the mask does something: the same row without document ids (one document) gives other logits
+    assert not torch.allclose(before[0, 9:], model(x)[0][0, 9:].detach(), atol=1e-3)
     assert torch.equal(before[1], after[1])
 
 
@@ -160,6 +162,9 @@ def test_training_with_both_switches_resumes_bit_exactly(sharded, tmp_path):
     # the causal run on the same batches computes something else
     train(sharded, tmp_path / 'causal', '--max_iters=2', *common[:1], *common[2:])  # windows of 48 hold several documents
     assert iteration_losses(tmp_path / 'causal')[2] != iteration_losses(tmp_path / 'straight')[2]
+    # the mask is a training choice a resume may switch on (the weights are the same either way)
+    train(sharded, tmp_path / 'causal', '--max_iters=3', '--init_from=resume', *common)
+    assert torch.load(tmp_path / 'causal' / 'ckpt_3.pt', weights_only=True)['model_args']['attention_mask'] == 'document'
     # a checkpoint trained with the mask samples as before (no document ids: the prompt is one document)
     r = run('sample.py', f'--out_dir={tmp_path / "straight"}', '--num_samples=1', '--max_new_tokens=5',
             '--device=cpu', '--start=ab')
@@ -188,3 +193,11 @@ def test_export_writes_a_document_masked_model_as_the_causal_model_it_is():
     x = torch.randint(0, 13, (2, 24))
     with torch.no_grad():
         assert torch.allclose(imported(x)[0], model(x)[0], atol=1e-6)
+
+
+def test_a_split_ending_in_an_empty_document_gets_no_window_without_targets():
+    # tokens 1 2 3 EOT 5 6 7 EOT EOT: a window from the last token would own nothing, its loss a NaN
+    starts = np.array([0, 4, 8, 9])[:3]  # document starts after each EOT but the split's end
+    windows = np.asarray(loader.packed_windows(starts, 9, 4))
+    assert list(windows) == [0, 4] and (windows < 9 - 1).all()
+    assert list(loader.packed_windows(np.array([0, 5]), 12, 4)) == [0, 4, 5, 9]  # a long document continues
