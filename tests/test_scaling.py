@@ -15,28 +15,9 @@ sys.path.insert(0, os.path.join(ROOT, 'bench'))
 import ablate  # noqa: E402
 import scaling  # noqa: E402
 import scaling_report as report  # noqa: E402
+from scaling_coverage import baseline_law, synthetic_runs  # noqa: E402  (known laws, seed noise)
 
 COMPUTE = np.geomspace(1e12, 1e14, 5)
-
-
-def baseline_law(c):
-    return 1.2 + 7.2e3 * c ** -0.3  # E = 1.2, alpha = 0.3: from 3.0 at 1e12 to 1.65 at 1e14
-
-
-def synthetic_runs(laws, compute, seeds, noise, seed=0):
-    """{(size, variant, seed): run record} with final val loss law(C) plus noise; a seed's data order moves every
-    variant's loss alike (most of the noise), as it does in real paired runs."""
-    rng = np.random.default_rng(seed)
-    runs = {}
-    for k, c in enumerate(compute):
-        for s in seeds:
-            shared = rng.normal(0, noise)
-            for variant, law in laws.items():
-                loss = law(c) + shared + rng.normal(0, noise / 3)
-                runs[(f'size{k}', variant, s)] = {
-                    'evals': [{'iter': 10, 'val_loss': float(loss)}], 'train_flops': float(c), 'iterations': 10,
-                    'tokens': 640, 'tokens_per_sec': 1000.0, 'wall_time_s': 1.0, 'downstream': {}}
-    return runs
 
 
 def analyse(laws, compute=COMPUTE, seeds=(1, 2, 3), noise=0.003, form='power'):
@@ -104,6 +85,17 @@ def test_noise_gives_wide_intervals_and_says_it_cannot_tell():
     quiet = analyse(laws, noise=0.002)
     quiet_low, quiet_high = quiet['intervals']['rmsnorm|difference']
     assert quiet_high[-1] - quiet_low[-1] < (high[-1] - low[-1]) / 5
+
+
+def test_a_fit_that_misses_a_measured_difference_says_so():
+    pytest.importorskip('scipy')
+    # a gain of 0.11, 0.23, 0.12 at three sizes: no line in log C passes near all three
+    gain = dict(zip(COMPUTE[::2], (0.11, 0.23, 0.12)))
+    laws = {'baseline': baseline_law, 'rope': lambda c: baseline_law(c) - gain[c]}
+    result = analyse(laws, compute=COMPUTE[::2], form='loglinear')
+    assert result['verdicts']['rope']['misfits'] == ['size0', 'size1', 'size2']
+    assert 'but the fit misses the measured difference at size0 (fitted' in result['verdicts']['rope']['sentence']
+    assert analyse({**laws, 'rope': lambda c: baseline_law(c) - 0.02})['verdicts']['rope']['misfits'] == []
 
 
 def test_one_seed_has_no_intervals_and_failed_runs_leave_their_seed_out(tmp_path):
