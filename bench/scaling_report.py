@@ -330,7 +330,9 @@ def markdown(title, setup, sizes, variants, result, plots):
              '', f"Fit: {FORMS[result['form']]} per variant, least squares over every run ({setup['fit_reason']}). "
              f"Intervals: the differences at each size from a {ablate_report.TEST_NAME}; the fit's and the "
              f"projections' from a bootstrap over seeds ({setup['resamples']} resamples: at each size the seeds are "
-             f"drawn with replacement, the same for every variant, 95% percentile intervals).", '']
+             f"drawn with replacement, the same for every variant; 95% percentile intervals widened about the "
+             f"estimate by sqrt(n/(n-1))·t(0.975, dof)/1.96 for n seeds, as a plain bootstrap over few seeds is too "
+             f"narrow).", '']
     lines += [f"Note: {n}." for n in result['notes']] + ([''] if result['notes'] else [])
     lines += ['## Measured, by size', '',
               '| size | variant | runs | iterations | tokens | train FLOPs | val loss (mean ± 95%) | Δ vs baseline (paired) | verdict |',
