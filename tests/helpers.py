@@ -106,27 +106,31 @@ def assert_optimizer_follows(groups, learning_rate, lr, weight_decay, betas):
 # that fails stops the launch, so no rank starts the next run while another still waits in the failed one.
 EACH = r"""import json, os, runpy, sys
 sys.path.insert(0, {root!r})
-train_py = os.path.join({root!r}, 'train.py')
 with open(sys.argv[1]) as f:
     plan = json.load(f)
-for argv in plan:
-    sys.argv = [train_py, *argv]
+for script, argv in plan:
+    sys.argv = [os.path.join({root!r}, script), *argv]
     try:
-        runpy.run_path(train_py, run_name='__main__')
+        runpy.run_path(sys.argv[0], run_name='__main__')
     except SystemExit as e:
         if e.code not in (None, 0):
-            print(f"torchrun_each: exit status {{e.code}} from train.py {{' '.join(argv)}}", file=sys.stderr,
+            print(f"torchrun_each: exit status {{e.code}} from {{script}} {{' '.join(argv)}}", file=sys.stderr,
                   flush=True)
             raise
 """
 
 
+def train_run(data_dir, out_dir, *args):
+    """A torchrun_each entry: train.py with the tiny model."""
+    return 'train.py', [f'--data_dir={data_dir}', f'--out_dir={out_dir}', *TINY_MODEL, *map(str, args)]
+
+
 def torchrun_each(folder, plan):
-    """plan: [(data_dir, out_dir, [args...]), ...]: each a train.py run under 2 ranks, all in one torchrun launch."""
+    """plan: [(script, [args...]), ...]: scripts of ROOT (train.py, eval.py) run one after another under 2 ranks,
+    all in one torchrun launch."""
     script, plan_file = folder / 'torchrun_each.py', folder / 'torchrun_each.json'
     script.write_text(EACH.format(root=ROOT))
-    plan_file.write_text(json.dumps([[f'--data_dir={data}', f'--out_dir={out}', *TINY_MODEL, *map(str, args)]
-                                     for data, out, args in plan]))
+    plan_file.write_text(json.dumps([[name, [str(a) for a in args]] for name, args in plan]))
     env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
     result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                              str(script), str(plan_file)], cwd=ROOT, capture_output=True, text=True, timeout=600,

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from helpers import (ROOT, TINY_MODEL, assert_optimizer_follows, iteration_losses, make_char_dataset, make_sharded_dataset,
-                     run_logs, torchrun_each, train)
+from helpers import (ROOT, TINY_MODEL, assert_optimizer_follows, iteration_losses, make_char_dataset,
+                     make_sharded_dataset, run_logs, torchrun_each, train, train_run)
 
 # 4 global micro-steps: one process accumulates 4, each of 2 ranks accumulates 2
 RUN = ['--max_iters=6', '--gradient_accumulation_steps=4', '--eval_interval=3', '--log_interval=1',
@@ -50,13 +50,13 @@ def runs(tmp_path_factory):
     train(data, root / 'moe_single', *MOE)
     train(corpus, root / 'epoch_single', *EPOCH)
     # zero1 and fsdp launched with the flags users of nanoGPT-style trainers type: aliases of parallelism
-    torchrun_each(root, [(data, root / 'ddp', [*RUN, '--parallelism=ddp']),
-                         (data, root / 'zero1', [*RUN, '--use_zero1=True']),
-                         (data, root / 'fsdp', [*RUN, '--use_fsdp=True']),
-                         (data, root / 'sharded', [*RUN, '--max_iters=3', '--parallelism=fsdp',
-                                                   '--checkpoint_format=sharded']),
-                         (data, root / 'moe_ddp', [*MOE, '--parallelism=ddp']),
-                         (corpus, root / 'epoch_ddp', [*EPOCH, '--parallelism=ddp'])])
+    torchrun_each(root, [train_run(data, root / 'ddp', *RUN, '--parallelism=ddp'),
+                         train_run(data, root / 'zero1', *RUN, '--use_zero1=True'),
+                         train_run(data, root / 'fsdp', *RUN, '--use_fsdp=True'),
+                         train_run(data, root / 'sharded', *RUN, '--max_iters=3', '--parallelism=fsdp',
+                                   '--checkpoint_format=sharded'),
+                         train_run(data, root / 'moe_ddp', *MOE, '--parallelism=ddp'),
+                         train_run(corpus, root / 'epoch_ddp', *EPOCH, '--parallelism=ddp')])
     return root, data
 
 
@@ -101,16 +101,16 @@ def resumed(runs):
         if target == 'single':
             train(data, root / f'{source}-{target}', *args)
         else:
-            launch.append((data, root / f'{source}-{target}', [*args, f'--parallelism={target}']))
+            launch.append(train_run(data, root / f'{source}-{target}', *args, f'--parallelism={target}'))
     for name in ('sharded_resumed', 'sharded_new'):  # each resumes a copy of the 3-iteration sharded run's folder
         shutil.copytree(root / 'sharded', root / name)
-    launch.append((data, root / 'sharded_resumed', [*RUN, '--init_from=resume', '--parallelism=fsdp',
-                                                    '--checkpoint_format=sharded']))
+    launch.append(train_run(data, root / 'sharded_resumed', *RUN, '--init_from=resume', '--parallelism=fsdp',
+                            '--checkpoint_format=sharded'))
     # ZeRO-1 from a full checkpoint; FSDP from a sharded one (torch.distributed.checkpoint restores the groups too)
-    launch.append((data, root / 'zero1_new', [*RUN, '--max_iters=4', '--parallelism=zero1', '--init_from=resume',
-                                              f'--resume_from={root / "zero1" / "ckpt_3.pt"}', *NEW_SETTINGS]))
-    launch.append((data, root / 'sharded_new', [*RUN, '--max_iters=4', '--parallelism=fsdp',
-                                                '--checkpoint_format=sharded', '--init_from=resume', *NEW_SETTINGS]))
+    launch.append(train_run(data, root / 'zero1_new', *RUN, '--max_iters=4', '--parallelism=zero1',
+                            '--init_from=resume', f'--resume_from={root / "zero1" / "ckpt_3.pt"}', *NEW_SETTINGS))
+    launch.append(train_run(data, root / 'sharded_new', *RUN, '--max_iters=4', '--parallelism=fsdp',
+                            '--checkpoint_format=sharded', '--init_from=resume', *NEW_SETTINGS))
     torchrun_each(root, launch)
     return root, data
 

@@ -122,23 +122,33 @@ def test_batched_scoring_equals_one_item_at_a_time(trained):
     assert np.allclose([ll for ll, _ in together], [ll for ll, _ in alone], atol=1e-5)
 
 
-def test_eval_py_writes_results_and_two_ranks_give_the_same_totals(trained, tmp_path):
-    import subprocess
-    import sys
-    from helpers import ROOT
+TASK_RUN = ['--max_iters=2', '--eval_interval=2', '--block_size=64', '--gradient_accumulation_steps=2',
+            '--eval_tasks=piqa,winogrande,lambada', '--eval_tasks_limit=5']
+
+
+@pytest.fixture(scope='module')
+def launched(trained):
+    """eval.py in one process, then in one launch under 2 ranks: eval.py, and training with downstream tasks under
+    DDP and FSDP (beside a one-process run of it)."""
+    from helpers import torchrun_each, train_run
     root, data, evals = trained
     args = [f'--out_dir={root / "run"}', f'--evals_dir={evals}', f'--data_dir={data}', '--limit=5']
     r = run('eval.py', *args)
     assert r.returncode == 0, r.stderr
     single = json.load(open(root / 'run' / 'eval_20.json'))
+    tasks = [*TASK_RUN, f'--eval_tasks_dir={evals}']
+    train(data, root / 'tasks_single', *tasks)
+    torchrun_each(root, [('eval.py', args), *(train_run(data, root / f'tasks_{mode}', *tasks,
+                                                        f'--parallelism={mode}') for mode in ('ddp', 'fsdp'))])
+    return root, single
+
+
+def test_eval_py_writes_results_and_two_ranks_give_the_same_totals(launched):
+    root, single = launched
     assert set(single) - {'_run'} == set(ITEMS) and single['hellaswag']['n'] == 5
     assert {'acc', 'acc_norm', 'acc_token_norm', 'acc_stderr', 'data_sha256', 'time_s'} <= set(single['piqa'])
     assert 'perplexity' in single['lambada'] and 'acc_norm' not in single['winogrande']
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                        os.path.join(ROOT, 'eval.py'), *args], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    double = json.load(open(root / 'run' / 'eval_20.json'))
+    double = json.load(open(root / 'run' / 'eval_20.json'))  # eval.py under 2 ranks wrote it again
     assert double['_run']['world_size'] == 2
     for task in ITEMS:  # 5 items: 3 on rank 0, 2 on rank 1, summed
         for key in ('n', 'acc', 'acc_norm', 'perplexity'):
@@ -237,24 +247,10 @@ def test_same_scores_as_lm_evaluation_harness(tmp_path):
         assert report['acc_equal'] and report['acc_norm_equal'], (task, report)
 
 
-TASK_RUN = ['--max_iters=2', '--eval_interval=2', '--block_size=64', '--gradient_accumulation_steps=2',
-            '--eval_tasks=piqa,winogrande,lambada', '--eval_tasks_limit=5']
-
-
-@pytest.fixture(scope='module')
-def in_training(trained):
-    """Downstream scores during training: one process, and DDP and FSDP under 2 ranks (both in one launch)."""
-    from helpers import torchrun_each
-    root, data, evals = trained
-    args = [*TASK_RUN, f'--eval_tasks_dir={evals}']
-    train(data, root / 'tasks_single', *args)
-    torchrun_each(root, [(data, root / f'tasks_{mode}', [*args, f'--parallelism={mode}']) for mode in ('ddp', 'fsdp')])
-    return root
-
-
 @pytest.mark.parametrize('mode', ['ddp', 'fsdp'])
-def test_downstream_in_training_under_torchrun_matches_one_process(in_training, mode):
-    single, double = (run_logs(in_training / f'tasks_{d}')[0]['eval_steps'] for d in ('single', mode))
+def test_downstream_in_training_under_torchrun_matches_one_process(launched, mode):
+    root, _ = launched
+    single, double = (run_logs(root / f'tasks_{d}')[0]['eval_steps'] for d in ('single', mode))
     for a, b in zip(single, double):  # items shared out (ddp) or all on every rank (fsdp): the same totals
         for task in ('piqa', 'winogrande', 'lambada'):
             assert a['downstream'][task]['n'] == b['downstream'][task]['n'] == 5
