@@ -19,7 +19,9 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+import document_attention
 from grouped_mm import grouped_mm
+from kv_cache import KVCache
 
 CHOICES = {
     'normalization': ('layernorm', 'layernorm_nobias', 'rmsnorm'),
@@ -238,22 +240,6 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-class KVCache:
-    """Per-layer key/value buffers for generation; `pos` is how many positions are filled."""
-
-    def __init__(self, config, batch_size, device, dtype):
-        shape = (config.n_layer, batch_size, config.kv_heads, config.block_size, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0
-
-    def update(self, layer, k, v):
-        t = k.size(2)
-        self.k[layer, :, :, self.pos:self.pos + t] = k
-        self.v[layer, :, :, self.pos:self.pos + t] = v
-        return self.k[layer, :, :, :self.pos + t], self.v[layer, :, :, :self.pos + t]
-
-
 class Attention(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
@@ -284,11 +270,13 @@ class Attention(nn.Module):
             offset = cache.pos
             k, v = cache.update(self.layer, k, v)
         # queries sit at positions offset..offset+T-1 and may see keys at positions <= their own
-        mask = doc_mask  # (B, 1, T, T), block-diagonal causal, or None
+        mask = doc_mask  # attention_mask='document': (B, 1, T, T) block-diagonal causal or a BlockMask; or None
         if offset and T > 1:
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=offset)
         dropout_p = c.dropout if self.training else 0.0
-        if c.attention_backend == 'sdpa':
+        if isinstance(mask, document_attention.BlockMask):  # FlexAttention (CUDA): see document_attention.py
+            y = document_attention.flex(q, k, v, mask)
+        elif c.attention_backend == 'sdpa':
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                                is_causal=(mask is None and T > 1),
                                                enable_gqa=c.kv_heads != c.n_head)
@@ -304,13 +292,6 @@ class Attention(nn.Module):
             y = att @ v
         y = y.transpose(1, 2).contiguous().view(B, T, c.n_embd)
         return self.resid_dropout(self.c_proj(y))
-
-
-def document_mask(document_ids):
-    """(B, 1, T, T) boolean: query t may see key s when s <= t and both are in the same document."""
-    T = document_ids.size(1)
-    causal = torch.ones(T, T, dtype=torch.bool, device=document_ids.device).tril()
-    return ((document_ids.unsqueeze(2) == document_ids.unsqueeze(1)) & causal).unsqueeze(1)
 
 
 class MLP(nn.Module):
@@ -543,7 +524,7 @@ class GPT(nn.Module):
         if c.attention_mask == 'document' and document_ids is not None:
             if cache is not None:
                 raise ValueError("document_ids cannot be used with a KV cache")
-            doc_mask = document_mask(document_ids)
+            doc_mask = document_attention.mask_for(document_ids, c, self.training)  # built once, for all layers
         x = self.wte(idx)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))

@@ -18,6 +18,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import document_attention
 import files
 
 # (model words that must all appear as whole words of torch.cuda.get_device_name(), {precision: dense TFLOP/s});
@@ -188,8 +189,8 @@ def why_no_flash_attention(config, device, dtype):
             'it needs compute capability 8.0 or newer' if torch.cuda.get_device_capability(device) < (8, 0) else
             f'it needs dtype bfloat16 or float16, not {dtype}' if dtype == 'float32' else
             "attention_backend is 'manual'" if config.attention_backend != 'sdpa' else
-            "attention_mask='document' is a boolean mask, which it does not take"
-            if config.attention_mask == 'document' else
+            "attention_mask='document' runs FlexAttention (or SDPA with a boolean mask), not FlashAttention; "
+            "flash_attention='auto' takes it" if config.attention_mask == 'document' else
             f'head size {head} is not a multiple of 8 up to 256' if head % 8 or head > 256 else None)
 
 
@@ -201,6 +202,8 @@ def attention_for_run(flash_attention, config, device, dtype):
         raise ValueError(f"flash_attention='require' but FlashAttention cannot run here: {why}")
     context = attention_context(flash_attention)
     kernel = sdpa_backend_in_use(config, device, getattr(torch, dtype), context)
+    if document_attention.uses_flex(config, torch.device(device).type, training=False):  # document masks on CUDA
+        kernel = 'flex' + (f' (training with dropout: {kernel})' if config.dropout else '')
     if flash_attention == 'require' and kernel != 'flash':
         raise ValueError(f"flash_attention='require' but SDPA does not run FlashAttention for this model ({kernel})")
     return context, kernel

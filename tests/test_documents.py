@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+import document_attention
 import loader
+import perf
+from document_attention import document_mask
 from helpers import iteration_losses, make_char_dataset, make_sharded_dataset, run, run_logs, train
-from model import GPT, GPTConfig, document_mask
+from model import GPT, GPTConfig
 
 BLOCK = 16
 
@@ -98,15 +101,30 @@ def test_a_batch_is_a_pure_function_of_seed_iteration_and_micro_step(sharded):
 
 
 def tiny(**fields):
-    config = GPTConfig.from_preset('llama', n_layer=2, n_head=2, n_embd=16, block_size=24, vocab_size=13,
-                                   attention_mask='document', **fields)
+    # head size 16: FlexAttention's CUDA kernel needs at least that, and its path is taken only from there
+    config = GPTConfig.from_preset('llama', **{**dict(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=13,
+                                                      attention_mask='document'), **fields})
     torch.manual_seed(0)
     return GPT(config).eval()
 
 
-@pytest.mark.parametrize('backend', ['sdpa', 'manual'])
-def test_changing_one_document_leaves_the_next_ones_logits_unchanged(backend):
-    model = tiny(attention_backend=backend)
+def force_flex(monkeypatch):
+    """FlexAttention's path on the CPU (forward only there); counts the block masks built and the flex calls."""
+    monkeypatch.setattr(document_attention, 'FLEX', True)
+    calls = {'block_mask': 0, 'flex': 0}
+    for name in calls:
+        def counted(*args, _name=name, _fn=getattr(document_attention, name)):
+            calls[_name] += 1
+            return _fn(*args)
+        monkeypatch.setattr(document_attention, name, counted)
+    return calls
+
+
+@pytest.mark.filterwarnings('ignore:flex_attention called without torch.compile')
+@pytest.mark.parametrize('backend', ['sdpa', 'manual', 'flex'])
+def test_changing_one_document_leaves_the_next_ones_logits_unchanged(backend, monkeypatch):
+    calls = force_flex(monkeypatch) if backend == 'flex' else None
+    model = tiny(attention_backend='manual' if backend == 'manual' else 'sdpa')
     x = torch.randint(0, 13, (2, 24))
     doc = torch.tensor([[0] * 9 + [1] * 7 + [2] * 8, [5] * 24])
     changed = x.clone()
@@ -120,18 +138,53 @@ def test_changing_one_document_leaves_the_next_ones_logits_unchanged(backend):
     # and the mask does something: the same row without document ids (one document) gives other logits
     assert not torch.allclose(before[0, 9:], model(x)[0][0, 9:].detach(), atol=1e-3)
     assert torch.equal(before[1], after[1])
+    assert calls is None or calls == {'block_mask': 2, 'flex': 4}  # two forwards with document ids, two layers
 
 
-def test_sdpa_and_manual_masks_equal_separate_forwards():
+@pytest.mark.filterwarnings('ignore:flex_attention called without torch.compile')
+@pytest.mark.parametrize('heads', [dict(n_head=2), dict(n_head=4, n_kv_head=2)], ids=['mha', 'gqa'])
+def test_sdpa_manual_and_flex_masks_equal_separate_forwards(heads, monkeypatch):
     # RoPE depends only on relative positions, so a document alone at position 0 sees what it sees packed
-    sdpa, manual = tiny(), tiny(attention_backend='manual')
-    lengths = [5, 11, 8]
-    x = torch.randint(0, 13, (1, 24))
-    doc = torch.repeat_interleave(torch.arange(3), torch.tensor(lengths)).unsqueeze(0)
+    fields = dict(n_embd=16 * heads['n_head'], **heads)  # head size 16
+    sdpa, manual = tiny(**fields), tiny(attention_backend='manual', **fields)
+    lengths = [[5, 11, 8], [24]]
+    x = torch.randint(0, 13, (2, 24))
+    doc = torch.stack([torch.repeat_interleave(torch.arange(len(n)), torch.tensor(n)) for n in lengths])
     with torch.no_grad():
         a, b = sdpa(x, document_ids=doc)[0], manual(x, document_ids=doc)[0]
-        alone = torch.cat([sdpa(piece)[0] for piece in x.split(lengths, dim=1)], dim=1)
-    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, alone, atol=1e-5)
+        alone = torch.cat([torch.cat([sdpa(piece)[0] for piece in row.split(n, dim=1)], dim=1)
+                           for row, n in zip(x.unsqueeze(1), lengths)])
+        calls = force_flex(monkeypatch)
+        flexed = sdpa(x, document_ids=doc)[0]
+    assert calls == {'block_mask': 1, 'flex': sdpa.config.n_layer}  # one block mask per forward, shared by the layers
+    for other in (b, alone, flexed):
+        assert torch.allclose(a, other, atol=1e-5)
+
+
+def test_the_block_mask_is_the_boolean_mask():
+    doc = torch.tensor([[0] * 9 + [1] * 119 + [2] * 88, [5] * 216])  # blocks of 128 x 128: two (and a part) a side
+    blocks = document_attention.block_mask(doc)
+    b, q, kv = torch.arange(2).view(2, 1, 1, 1), torch.arange(216).view(1, 1, -1, 1), torch.arange(216).view(1, 1, 1, -1)
+    assert torch.equal(blocks.mask_mod(b, torch.zeros_like(b), q, kv), document_mask(doc))
+    # the blocks computed: document 2 starts at the second block of row 0, so that block's queries skip the first
+    assert blocks.to_dense()[:, 0].tolist() == [[[1, 0], [0, 1]], [[1, 0], [1, 1]]]
+
+
+def test_flex_runs_on_cuda_without_dropout_and_the_report_names_it(monkeypatch):
+    config = tiny().config
+    assert document_attention.uses_flex(config, 'cuda', training=True)
+    assert not document_attention.uses_flex(config, 'cpu', training=False)  # no backward there
+    for other in (dict(dropout=0.1), dict(attention_backend='manual'), dict(n_embd=16)):  # n_embd 16: head size 8
+        c = tiny(**other).config
+        assert not document_attention.uses_flex(c, 'cuda', training=True)
+    assert document_attention.uses_flex(tiny(dropout=0.1).config, 'cuda', training=False)
+    monkeypatch.setattr(document_attention, 'FLEX', True)
+    assert perf.attention_for_run('auto', config, 'cpu', 'float32')[1] == 'flex'
+    dropout = tiny(dropout=0.1).config
+    assert perf.attention_for_run('auto', dropout, 'cpu', 'float32')[1].startswith('flex (training with dropout: ')
+    # flash_attention='require' refuses: FlexAttention is not FlashAttention
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (9, 0))
+    assert 'FlexAttention' in perf.why_no_flash_attention(config, 'cuda', 'bfloat16')
 
 
 @pytest.mark.parametrize('backend', ['sdpa', 'manual'])
