@@ -497,7 +497,9 @@ class GPT(nn.Module):
                         b.zero_()
                 module.expert_fraction.zero_()
         if c.position_encoding == 'rope':
-            cos, sin = rope_tables(c, c.block_size)  # on the CPU too: the same tables on every device
+            # built on the CPU whatever the default device (train.py builds under `with torch.device(...)`), then
+            # copied: the same tables bit for bit on every device and under FSDP
+            cos, sin = rope_tables(c, c.block_size, device='cpu')
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
 

@@ -46,3 +46,18 @@ def test_gpu_bench_rejects_bad_arguments(tmp_path):
                           (['--shakespeare=/nonexistent.txt'], 'no such file')):
         result = run('bench/gpu.py', *args, f'--results_dir={tmp_path}')
         assert result.returncode == 2 and message in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_rope_tables_are_built_on_the_cpu_whatever_the_default_device():
+    # train.py builds the model under `with torch.device('cuda')`: tables built there differed in the last digits
+    # from the CPU's (and between plain and FSDP builds); the meta device stands in for CUDA here
+    import torch
+    from model import GPT, GPTConfig
+    config = GPTConfig.from_preset('llama', n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=61)
+    direct = GPT(config)
+    with torch.device('meta'):
+        model = GPT(config)
+    model.to_empty(device='cpu')
+    with torch.device('meta'):
+        model.init_weights()
+    assert torch.equal(model.rope_cos, direct.rope_cos) and torch.equal(model.rope_sin, direct.rope_sin)
