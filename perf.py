@@ -156,15 +156,17 @@ def sdpa_backend_in_use(config, device, dtype, attention_context):
     """Run one attention call of the model's shape under attention_context() and name the kernel SDPA picked."""
     if config.attention_backend == 'manual':
         return 'manual'
-    T = min(config.block_size, 256)
-    q = torch.randn(1, config.n_head, T, config.head_dim, device=device, dtype=dtype)
-    kv = torch.randn(1, config.kv_heads, T, config.head_dim, device=device, dtype=dtype)
+    # what training runs: the run's sequence length, inputs that need gradients (SDPA picks kernels by both);
+    # zeros, so the probe draws nothing from the random generator
+    T, gqa = config.block_size, config.kv_heads != config.n_head
+    q = torch.zeros(1, config.n_head, T, config.head_dim, device=device, dtype=dtype, requires_grad=True)
+    kv = torch.zeros(1, config.kv_heads, T, config.head_dim, device=device, dtype=dtype, requires_grad=True)
     # a document mask is a boolean mask, which FlashAttention on CUDA does not take: probe with one too
     mask = torch.ones(T, T, dtype=torch.bool, device=device).tril() if config.attention_mask == 'document' else None
     try:
         with attention_context(), RecordOps() as record:
             torch.nn.functional.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, is_causal=mask is None,
-                                                             enable_gqa=config.kv_heads != config.n_head)
+                                                             enable_gqa=gqa)
     except RuntimeError as e:
         return f'none: {str(e).splitlines()[0]}'
     ops = ' '.join(record.names)
@@ -172,6 +174,8 @@ def sdpa_backend_in_use(config, device, dtype, attention_context):
                            ('efficient', 'memory-efficient')):
         if fragment in ops:
             return name
+    if gqa and str(device).startswith('cuda'):  # e.g. flash_attention='off' with grouped-query attention
+        return 'math (enable_gqa: the memory-efficient kernel does not take it)'
     return 'math'
 
 

@@ -61,3 +61,23 @@ def test_rope_tables_are_built_on_the_cpu_whatever_the_default_device():
     with torch.device('meta'):
         model.init_weights()
     assert torch.equal(model.rope_cos, direct.rope_cos) and torch.equal(model.rope_sin, direct.rope_sin)
+
+
+def test_the_kernel_probe_runs_what_training_runs(monkeypatch):
+    # SDPA picks its kernel by the sequence length and by whether the inputs need gradients: the probe behind
+    # flash_attention's checks and the kernel train.py names uses the run's own, and draws no random numbers
+    import torch
+    import perf
+    from model import GPTConfig
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        calls.append((q.shape, k.shape, q.requires_grad, kwargs['enable_gqa']))
+        return sdpa(q, k, v, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention', spy)
+    config = GPTConfig.from_preset('moe', n_layer=1, n_head=4, n_kv_head=2, n_embd=64, block_size=512)
+    state = torch.get_rng_state()
+    assert perf.sdpa_backend_in_use(config, 'cpu', torch.float32, perf.attention_context('auto')) != 'manual'
+    assert calls == [((1, 4, 512, 16), (1, 2, 512, 16), True, True)] and torch.equal(state, torch.get_rng_state())
+
