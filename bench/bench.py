@@ -46,12 +46,17 @@ def synthetic_data(directory, vocab_size=50257, tokens=2_000_000):
         json.dump(meta, f)
 
 
+def train_command(target, compile_flag, iters, overrides, data_dir, out_dir, tree=ROOT):
+    """train.py's command line for one measured run; later overrides win over the defaults here."""
+    spec = [os.path.abspath(target)] if target.endswith('.py') else [f'--arch_preset={target}']
+    return [sys.executable, os.path.join(tree, 'train.py'), *spec, f'--data_dir={data_dir}', f'--out_dir={out_dir}',
+            f'--max_iters={iters}', '--eval_iters=0', '--save_checkpoints=False', '--log_interval=1',
+            '--warmup_iters=0', '--overwrite=True', f'--compile={compile_flag}', *overrides]
+
+
 def run_one(target, compile_flag, iters, overrides, workdir, timeout=None, tree=ROOT):
     out_dir = os.path.join(workdir, f'run_{len(os.listdir(workdir))}')
-    spec = [os.path.abspath(target)] if target.endswith('.py') else [f'--arch_preset={target}']
-    cmd = [sys.executable, os.path.join(tree, 'train.py'), *spec, f'--data_dir={workdir}/data', f'--out_dir={out_dir}',
-           f'--max_iters={iters}', '--eval_iters=0', '--save_checkpoints=False', '--log_interval=1',
-           '--warmup_iters=0', '--overwrite=True', f'--compile={compile_flag}', *overrides]
+    cmd = train_command(target, compile_flag, iters, overrides, f'{workdir}/data', out_dir, tree)
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -62,16 +67,21 @@ def run_one(target, compile_flag, iters, overrides, workdir, timeout=None, tree=
         return {'target': target, 'compile': compile_flag, 'error': message}
     [log_name] = [n for n in os.listdir(out_dir) if n.startswith('run_') and n.endswith('.json')]
     with open(os.path.join(out_dir, log_name)) as f:
-        log = json.load(f)
+        return row(target, compile_flag, json.load(f), tree)
+
+
+def row(target, compile_flag, log, tree=ROOT):
+    """One table row from a finished run's log (runlog.py's .json)."""
     info, summary = log['startup_info'], log['summary']
     hw, speed = info['hardware'], info['performance']
-    timed = [e for e in log['training_iterations'] if not e['warmup']]
     return {
         'target': target, 'compile': compile_flag, 'tree': tree, 'architecture': info['architecture'],
         'parameters': info['parameters']['total'], 'dtype': hw['dtype'], 'device': hw['device_name'],
         'attention_kernel': hw['attention_kernel'], 'tokens_per_iter': info['training']['tokens_per_iter'],
         'flops_per_token': speed['flops_per_token'], 'peak_tflops': speed['peak_tflops'],
-        'warmup_s': info['warmup_s'], 'timed_iters': len(timed),
+        'warmup_s': info['warmup_s'],
+        # every iteration after the first (the warm-up), whatever the log interval
+        'timed_iters': log['training_iterations'][-1]['iter'] - 1,
         'ms_per_iter': summary['median_time_ms'], 'tokens_per_sec': summary['median_tokens_per_sec'],
         'mfu': summary['median_mfu'],
         'achieved_tflops': speed['flops_per_token'] * summary['median_tokens_per_sec'] / 1e12
