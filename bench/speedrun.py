@@ -114,8 +114,8 @@ def main(argv):
         ours_s = timed([sys.executable, 'train.py', options['config'], f'--seed={seed}', f'--out_dir={out}',
                         '--overwrite=True', *overrides], ROOT, out + '.log')
         ours_loss = our_val_loss(out)
-        pairs.append({'seed': seed, 'nanogpt_s': round(nano_s, 2), 'nanogpt_val_loss': nano_loss,
-                      'ours_s': round(ours_s, 2), 'ours_val_loss': ours_loss, 'ratio': round(ours_s / nano_s, 3)})
+        pairs.append({'seed': seed, 'nanogpt_s': round(nano_s, 3), 'nanogpt_val_loss': nano_loss,
+                      'ours_s': round(ours_s, 3), 'ours_val_loss': ours_loss, 'ratio': round(ours_s / nano_s, 3)})
         print(f"seed {seed}: nanoGPT {nano_s:.1f} s to val {nano_loss:.4f}, ours {ours_s:.1f} s to val "
               f"{ours_loss:.4f}: ratio {ours_s / nano_s:.3f}", flush=True)
     worst = {'ratio': max(p['ratio'] for p in pairs), 'ours_val_loss': max(p['ours_val_loss'] for p in pairs),
