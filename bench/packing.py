@@ -18,6 +18,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import loader  # noqa: E402
+from errors import die  # noqa: E402
 
 
 def bos_rows(lengths, block, buffer_size):
@@ -51,24 +52,36 @@ def main(argv):
         key, _, value = arg.removeprefix('--').partition('=')
         if not arg.startswith('--') and data is None:
             data = arg
-        elif key in options:
+        elif arg.startswith('--') and key in options:
             options[key] = value
         else:
-            sys.exit(f"error: unknown option {arg}; allowed: a dataset folder, {', '.join('--' + k for k in options)}")
+            die(f"unknown argument {arg!r}; allowed: a dataset folder, {', '.join('--' + k for k in options)}")
+    if data is not None and not os.path.isdir(data):
+        die(f"{data}: no such folder (a prepared dataset)")
     if data is None:
-        sys.exit("usage: python bench/packing.py DATA_DIR [--block_sizes=256,1024,2048] [--buffer=1000]")
-    _, meta, streams = loader.open_dataset('', data)
-    stream = streams['train']
-    starts = np.asarray(stream.document_starts())
+        die("usage: python bench/packing.py DATA_DIR [--block_sizes=256,1024,2048] [--buffer=1000]")
+    try:
+        block_sizes = [int(b) for b in options['block_sizes'].split(',')]
+        buffer = int(options['buffer'])
+    except ValueError:
+        die(f"--block_sizes={options['block_sizes']!r} and --buffer={options['buffer']!r} must be whole numbers")
+    if min(block_sizes) < 1 or buffer < 1:
+        die(f"--block_sizes={options['block_sizes']!r} and --buffer={buffer} must be at least 1")
+    try:
+        _, meta, streams = loader.open_dataset('', data)
+        stream = streams['train']
+        starts = np.asarray(stream.document_starts())
+    except (loader.DataError, ValueError) as e:
+        die(str(e))
     lengths = np.diff(np.append(starts, stream.total))
     print(f"{data}: {stream.total:,} train tokens in {len(lengths):,} documents (mean {lengths.mean():.1f}, "
           f"median {np.median(lengths):.0f}, max {lengths.max():,} tokens)")
     print("block | documents: windows, positions with targets | BOS best-fit: rows, cropped | BOS greedy: cropped"
           " | in documents > block + 1")
-    for block in map(int, options['block_sizes'].split(',')):
+    for block in block_sizes:
         windows = len(loader.packed_windows(starts, stream.total, block))
         targets = (stream.total - 1) / (windows * block)  # every token but the split's first is a target once
-        kept, cropped = bos_rows(lengths.tolist(), block, int(options['buffer']))
+        kept, cropped = bos_rows(lengths.tolist(), block, buffer)
         greedy_kept, greedy_cropped = bos_rows(lengths.tolist(), block, 1)
         too_long = lengths[lengths > block + 1].sum() - (block + 1) * (lengths > block + 1).sum()
         print(f"{block:5d} | {windows:,} windows, {targets:.1%} | {kept // (block + 1):,} rows, "
