@@ -17,6 +17,8 @@ seed (1337), so its runs differ only in time. Writes bench/results/speedrun_<sta
 --config FILE      our config (default config/speedrun_shakespeare_cpu.py); any other --key=value goes to it
 --target LOSS      the val loss both must reach (default 1.88)
 --results_dir DIR  where the record goes (default bench/results)
+--work_dir DIR     where the runs go (default a new temp folder); their checkpoints are removed once read, their
+                   console logs and our run logs kept
 """
 import os
 import platform
@@ -58,14 +60,30 @@ def nanogpt_val_loss(log_path):
     return float(losses[-1])
 
 
-def our_val_loss(out_dir):
-    [log] = runlog.load_all(out_dir)
-    return log['eval_steps'][-1]['val_loss']
+def our_run(out_dir):
+    """(final val loss, the config the run used) from our run log."""
+    log = runlog.load_all(out_dir)[-1]  # this run's (a reused --work_dir may hold older ones)
+    if not log['eval_steps']:
+        die(f"no evaluation in {out_dir}'s run log (eval_iters=0?): the speedrun needs a final val loss", 1)
+    return log['eval_steps'][-1]['val_loss'], log['config']
+
+
+def run_or_die(cmd, cwd):
+    result = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ['(no output)'])[-1]
+        die(f"{' '.join(cmd)} in {cwd} exited with {result.returncode}: {last}", 1)
+
+
+def remove_checkpoints(out_dir):  # a 3-seed run would leave ~66 MB of checkpoints nobody reads
+    for name in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
+        if name.endswith('.pt'):
+            os.remove(os.path.join(out_dir, name))
 
 
 def parse(argv):
     options = {'nanogpt': None, 'input': None, 'seeds': '3', 'config': 'config/speedrun_shakespeare_cpu.py',
-               'target': '1.88', 'results_dir': os.path.join(ROOT, 'bench', 'results')}
+               'target': '1.88', 'results_dir': os.path.join(ROOT, 'bench', 'results'), 'work_dir': None}
     overrides = []
     args = iter(argv)
     for arg in args:
@@ -78,7 +96,7 @@ def parse(argv):
             overrides.append(arg)
         else:
             die(f"unknown argument {arg!r}; allowed: --nanogpt DIR, --input FILE, --seeds N, --config FILE, "
-                f"--target LOSS, --results_dir DIR, --key=value for train.py")
+                f"--target LOSS, --results_dir DIR, --work_dir DIR, --key=value for train.py")
     if not options['nanogpt'] or not os.path.isfile(os.path.join(options['nanogpt'], 'train.py')):
         die(f"--nanogpt={options['nanogpt']}: give a nanoGPT checkout (a folder holding its train.py)")
     if not options['input'] or not os.path.isfile(options['input']):
@@ -89,6 +107,10 @@ def parse(argv):
         options['target'] = float(options['target'])
     except ValueError:
         die(f"--seeds={seeds!r} or --target={options['target']!r} is not a number")
+    if not options['seeds'] or min(options['seeds']) < 0:
+        die(f"--seeds={seeds!r}: give a count of 1 or more, or a list of seeds (0 or more)")
+    if not os.path.isdir(os.path.join(options['nanogpt'], 'data', 'shakespeare_char')):
+        die(f"--nanogpt={options['nanogpt']}: no data/shakespeare_char folder there (nanoGPT's prepare script)")
     return options, overrides
 
 
@@ -98,22 +120,24 @@ def main(argv):
     nanogpt_data = os.path.join(nanogpt, 'data', 'shakespeare_char')
     if not os.path.isfile(os.path.join(nanogpt_data, 'train.bin')):  # its prepare downloads only without input.txt
         shutil.copyfile(text, os.path.join(nanogpt_data, 'input.txt'))
-        subprocess.run([sys.executable, 'prepare.py'], cwd=nanogpt_data, check=True, stdout=subprocess.DEVNULL)
+        run_or_die([sys.executable, 'prepare.py'], nanogpt_data)
     ours_data = os.path.join(ROOT, 'data', 'shakespeare_char')
     if not any(o.startswith('--data_dir=') for o in overrides) and not os.path.isfile(os.path.join(ours_data,
                                                                                                       'train.bin')):
-        subprocess.run([sys.executable, 'prepare.py', '--input', text], cwd=ours_data, check=True,
-                       stdout=subprocess.DEVNULL)
-    work = tempfile.mkdtemp(prefix='speedrun_')
-    pairs = []
+        run_or_die([sys.executable, 'prepare.py', '--input', text], ours_data)
+    work = options['work_dir'] or tempfile.mkdtemp(prefix='speedrun_')
+    os.makedirs(work, exist_ok=True)
+    pairs, config = [], None
     for seed in options['seeds']:
         out = os.path.join(work, f'nanogpt_{seed}')
         nano_s = timed([sys.executable, 'train.py', *NANOGPT_RECIPE, f'--out_dir={out}'], nanogpt, out + '.log')
         nano_loss = nanogpt_val_loss(out + '.log')
+        remove_checkpoints(out)
         out = os.path.join(work, f'ours_{seed}')
         ours_s = timed([sys.executable, 'train.py', options['config'], f'--seed={seed}', f'--out_dir={out}',
                         '--overwrite=True', *overrides], ROOT, out + '.log')
-        ours_loss = our_val_loss(out)
+        ours_loss, config = our_run(out)
+        remove_checkpoints(out)
         pairs.append({'seed': seed, 'nanogpt_s': round(nano_s, 3), 'nanogpt_val_loss': nano_loss,
                       'ours_s': round(ours_s, 3), 'ours_val_loss': ours_loss, 'ratio': round(ours_s / nano_s, 3)})
         print(f"seed {seed}: nanoGPT {nano_s:.1f} s to val {nano_loss:.4f}, ours {ours_s:.1f} s to val "
@@ -124,14 +148,14 @@ def main(argv):
     print(f"worst ratio {worst['ratio']:.3f}; worst val loss: ours {worst['ours_val_loss']:.4f}, nanoGPT "
           f"{worst['nanogpt_val_loss']:.4f} (target {options['target']}: {'reached' if reached else 'MISSED'} by "
           f"every run of ours)")
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True)
+    import monitor  # the commit with its dirty flag, as every run log has it
+    info = monitor.reproducibility_info('cpu')
     nanogpt_commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=nanogpt, capture_output=True,
                                     text=True)
-    import torch
     record = {'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'machine': platform.processor() or platform.machine(),
-              'cpus': os.cpu_count(), 'torch': torch.__version__, 'commit': commit.stdout.strip() or None,
-              'nanogpt_commit': nanogpt_commit.stdout.strip() or None, 'config': options['config'],
-              'overrides': overrides, 'nanogpt_recipe': NANOGPT_RECIPE, 'target': options['target'],
+              'cpus': os.cpu_count(), 'torch': info['versions']['torch'], 'commit': info['git_commit'],
+              'dirty': info['git_dirty'], 'nanogpt_commit': nanogpt_commit.stdout.strip() or None,
+              'config': options['config'], 'overrides': overrides, 'resolved_config': config, 'nanogpt_recipe': NANOGPT_RECIPE, 'target': options['target'],
               'pairs': pairs, 'worst': worst, 'target_reached': reached, 'logs': work}
     os.makedirs(options['results_dir'], exist_ok=True)
     path = os.path.join(options['results_dir'], f"speedrun_{time.strftime('%Y%m%d_%H%M%S')}.json")

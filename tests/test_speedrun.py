@@ -20,8 +20,9 @@ def test_speedrun_times_both_per_seed_and_reports_the_worst(tmp_path):
     text = tmp_path / 'input.txt'
     text.write_text('hello\n')
     data = make_char_dataset(tmp_path / 'data')
+    work = tmp_path / 'work'
     result = run('bench/speedrun.py', f'--nanogpt={nanogpt}', f'--input={text}', '--seeds=3,5', '--target=100',
-                 f'--results_dir={tmp_path / "results"}', f'--data_dir={data}', '--n_layer=1', '--n_embd=32',
+                 f'--results_dir={tmp_path / "results"}', f'--work_dir={work}', f'--data_dir={data}', '--n_layer=1', '--n_embd=32',
                  '--n_head=2', '--block_size=16', '--batch_size=2', '--max_iters=3', '--lr_decay_iters=3',
                  '--warmup_iters=1', '--eval_iters=2', in_process=False)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -34,15 +35,33 @@ def test_speedrun_times_both_per_seed_and_reports_the_worst(tmp_path):
         assert 2.0 < pair['ours_val_loss'] < 5.0  # the last evaluation of our run log
     assert record['worst']['ratio'] == max(p['ratio'] for p in record['pairs'])
     assert record['target_reached'] and 'worst ratio' in result.stdout
+    # what ran, as run: the commit with its dirty flag and the config our runs resolved
+    assert record['commit'] and record['dirty'] in (True, False)
+    assert record['resolved_config']['n_layer'] == 1 and record['resolved_config']['optimizer'] == 'muon'
+    kept = sorted(os.listdir(work / 'ours_3'))
+    assert kept and not [name for name in kept if name.endswith('.pt')]  # checkpoints removed, run log kept
     # a run of ours that misses the target makes the claim fail: exit 1
     result = run('bench/speedrun.py', f'--nanogpt={nanogpt}', f'--input={text}', '--seeds=1', '--target=0.5',
-                 f'--results_dir={tmp_path / "results"}', f'--data_dir={data}', '--n_layer=1', '--n_embd=32',
+                 f'--results_dir={tmp_path / "results"}', f'--work_dir={work}', f'--data_dir={data}', '--n_layer=1', '--n_embd=32',
                  '--n_head=2', '--block_size=16', '--batch_size=2', '--max_iters=2', '--eval_iters=1')
     assert result.returncode == 1 and 'MISSED' in result.stdout
+    # a run of ours without an evaluation has no val loss to claim: one line, no traceback
+    result = run('bench/speedrun.py', f'--nanogpt={nanogpt}', f'--input={text}', '--seeds=1',
+                 f'--results_dir={tmp_path / "results"}', f'--work_dir={work}', f'--data_dir={data}', '--n_layer=1',
+                 '--n_embd=32', '--n_head=2', '--block_size=16', '--batch_size=2', '--max_iters=1', '--eval_iters=0')
+    assert result.returncode == 1 and 'no evaluation' in result.stderr and 'Traceback' not in result.stderr
 
 
 def test_speedrun_refuses_bad_arguments(tmp_path):
+    nanogpt = tmp_path / 'nanoGPT'
+    nanogpt.mkdir()
+    (nanogpt / 'train.py').write_text('')
+    text = tmp_path / 'input.txt'
+    text.write_text('hello\n')
     for args, message in ((['--nanogpt=/nonexistent'], 'give a nanoGPT checkout'),
-                          (['--warp'], "unknown argument '--warp'")):
+                          (['--warp'], "unknown argument '--warp'"),
+                          ([f'--nanogpt={nanogpt}', f'--input={text}'], 'no data/shakespeare_char folder'),
+                          ([f'--nanogpt={nanogpt}', f'--input={text}', '--seeds=0'], 'give a count of 1 or more'),
+                          ([f'--nanogpt={nanogpt}', f'--input={text}', '--seeds=x'], 'is not a number')):
         result = run('bench/speedrun.py', *args)
         assert result.returncode == 2 and message in result.stderr and 'Traceback' not in result.stderr
