@@ -58,3 +58,18 @@ def flex(q, k, v, mask):
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return attend(q, k, v, block_mask=mask, enable_gqa=q.size(1) != k.size(1))
 
+
+def why_flex_fails(config, device, dtype):
+    """None if a small FlexAttention forward and backward run (and compile) on this device, else the error in one
+    line. Run once at start-up, so a missing compiler toolchain is one line there, not a traceback mid-training."""
+    try:
+        hd, T = config.head_dim, 128
+        ids = torch.zeros(1, T, dtype=torch.long, device=device)
+        ids[:, T // 2:] = 1  # two documents
+        q = torch.randn(1, config.n_head, T, hd, device=device, dtype=dtype, requires_grad=True)
+        k, v = (torch.randn(1, config.kv_heads, T, hd, device=device, dtype=dtype) for _ in range(2))
+        flex(q, k, v, block_mask(ids)).sum().backward()
+        return None
+    except Exception as e:  # noqa: BLE001 (inductor, Triton and the C compiler raise many kinds)
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+

@@ -82,7 +82,8 @@ except downstream.EvalError as e:
 device_type = device.split(':')[0]
 autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
 try:  # every forward runs under it, as in train.py; 'require' is kept or refused with the reason
-    attention_context, _ = perf.attention_for_run(flash_attention, model.config, device, dtype)
+    attention_context, _ = perf.attention_for_run(flash_attention, model.config, device, dtype,
+                                                  document_ids=False)
 except ValueError as e:
     die(str(e))
 model.eval().to(device)

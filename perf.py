@@ -7,6 +7,7 @@ GeForce cards accumulate in fp32 at half rate, which is what bf16 training uses,
 CPUs: no table can know them, so the peak is measured once per machine (best of several matmul sizes and repeats
 in the training dtype) and cached with where it came from, so runs on one machine report comparable MFUs.
 """
+import dataclasses
 import json
 import os
 import platform
@@ -198,15 +199,22 @@ def why_no_flash_attention(config, device, dtype):
             f'head size {head} is not a multiple of 8 up to 256' if head % 8 or head > 256 else None)
 
 
-def attention_for_run(flash_attention, config, device, dtype):
+def attention_for_run(flash_attention, config, device, dtype, document_ids=True):
     """(context factory entered around every forward, name of the SDPA kernel that runs). Raises ValueError when
-    flash_attention='require' cannot be kept, with the reason, instead of a silent fallback."""
+    flash_attention='require' cannot be kept, with the reason, instead of a silent fallback. document_ids=False:
+    the run's forwards take none (eval.py), so a document mask never applies."""
+    if not document_ids:  # the forwards see no document ids: the model attends causally, as without the mask
+        config = dataclasses.replace(config, attention_mask='causal')
     why = why_no_flash_attention(config, device, dtype) if flash_attention == 'require' else None
     if why:
         raise ValueError(f"flash_attention='require' but FlashAttention cannot run here: {why}")
     context = attention_context(flash_attention)
     kernel = sdpa_backend_in_use(config, device, getattr(torch, dtype), context)
-    if document_attention.uses_flex(config, torch.device(device).type, training=False):  # document masks on CUDA
+    if document_ids and document_attention.uses_flex(config, torch.device(device).type, training=False):
+        why = document_attention.why_flex_fails(config, device, getattr(torch, dtype))
+        if why:  # found now, not at the first forward: FlexAttention compiles through Triton (a C compiler, Python.h)
+            raise ValueError(f"attention_mask='document' runs FlexAttention on {device}, which failed here: {why}; "
+                             f"attention_backend='manual' keeps the document mask without it")
         kernel = 'flex' + (f' (training with dropout: {kernel})' if config.dropout else '')
     if flash_attention == 'require' and kernel != 'flash':
         raise ValueError(f"flash_attention='require' but SDPA does not run FlashAttention for this model ({kernel})")

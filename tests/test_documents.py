@@ -179,12 +179,30 @@ def test_flex_runs_on_cuda_without_dropout_and_the_report_names_it(monkeypatch):
         assert not document_attention.uses_flex(c, 'cuda', training=True)
     assert document_attention.uses_flex(tiny(dropout=0.1).config, 'cuda', training=False)
     monkeypatch.setattr(document_attention, 'FLEX', True)
+    monkeypatch.setattr(document_attention, 'why_flex_fails', lambda *args: None)  # as on a working CUDA host
     assert perf.attention_for_run('auto', config, 'cpu', 'float32')[1] == 'flex'
     dropout = tiny(dropout=0.1).config
     assert perf.attention_for_run('auto', dropout, 'cpu', 'float32')[1].startswith('flex (training with dropout: ')
     # flash_attention='require' refuses: FlexAttention is not FlashAttention
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (9, 0))
     assert 'FlexAttention' in perf.why_no_flash_attention(config, 'cuda', 'bfloat16')
+
+
+def test_a_flex_that_cannot_run_is_one_line_at_start_up(monkeypatch):
+    # a real failure: FlexAttention has no backward on the CPU, which the start-up probe meets like a missing compiler
+    config = tiny().config
+    why = document_attention.why_flex_fails(config, 'cpu', torch.float32)
+    assert why and 'backward' in why and '\n' not in why
+    monkeypatch.setattr(document_attention, 'FLEX', True)
+    with pytest.raises(ValueError, match="runs FlexAttention on cpu, which failed here: .*attention_backend='manual'"):
+        perf.attention_for_run('auto', config, 'cpu', 'float32')
+
+
+def test_eval_py_forwards_take_no_document_ids_so_no_flex_probe_and_no_refusal(monkeypatch):
+    monkeypatch.setattr(document_attention, 'FLEX', True)
+    monkeypatch.setattr(document_attention, 'why_flex_fails', lambda *args: pytest.fail('probed'))
+    kernel = perf.attention_for_run('auto', tiny().config, 'cpu', 'float32', document_ids=False)[1]
+    assert 'flex' not in kernel
 
 
 @pytest.mark.parametrize('backend', ['sdpa', 'manual'])
