@@ -17,12 +17,14 @@ before --deadline is recorded as skipped, with the reason):
   moe_compiled   full_moe_200m compiled
   fsdp           FSDP under torchrun on one GPU (NCCL) against a plain process, fp32: the same losses; and its
                  checkpoint of iteration 3 resumed: the same losses as straight through
+  flex           training steps of GPT-2 124M with attention_mask='document' (FlexAttention on CUDA) against causal
+                 SDPA, T=1024; first FlexAttention's loss, logits and gradients against SDPA's boolean mask on the
+                 same weights and batch (failed beyond 1e-2 relative in bf16; the tiny version: forward only, fp32,
+                 1e-4); skipped where this checkout has no FlexAttention path
   fsdp_1.36b     config/full_llama_1.36b.py under FSDP, built on the meta device: time to the first step, peak
                  host and GPU memory
   gpt2_eager     full_gpt2_124m eager
   llama          full_llama_124m eager and compiled
-  flex           training steps of GPT-2 124M with attention_mask='document' (FlexAttention on CUDA) against causal
-                 SDPA, T=1024 and 2048 (skipped where this checkout has no FlexAttention path)
   shakespeare    config/train_shakespeare_char.py compiled: wall time to val loss 1.47; never downloads (needs
                  --shakespeare PATH or a prepared data/shakespeare_char)
 Throughput runs train.py's own loop on synthetic tokens in bf16 (bench/bench.py's measurement) as training at
@@ -34,6 +36,7 @@ reached yet are listed as pending), .md (the table, each figure beside its targe
 line and console output, appended as it runs), _runs.jsonl (every run's train.py log).
 """
 import argparse
+import ctypes
 import dataclasses
 import json
 import os
@@ -48,7 +51,9 @@ import sysconfig
 import tempfile
 import time
 
-import torch
+STARTED = time.time()  # the start for --deadline: before torch's import, seconds of it
+
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
@@ -109,6 +114,31 @@ def kill_tree(pid):
             pass
 
 
+def die_with_parent():
+    """A preexec_fn: the run gets SIGKILL when this process dies, even by SIGKILL, which no handler sees (Linux's
+    prctl(PR_SET_PDEATHSIG); None where there is no prctl). Only the run itself: what it starts in sessions of
+    their own is killed by kill_tree, while this process lives to do it."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError, TypeError):
+        return None
+    parent = os.getpid()
+    args = [ctypes.c_ulong(a) for a in (int(signal.SIGKILL), 0, 0, 0)]  # built here: the child only calls
+
+    def preexec():  # in the child, between fork and exec
+        if prctl(1, *args) == 0 and os.getppid() != parent:  # 1: PR_SET_PDEATHSIG
+            os.kill(os.getpid(), signal.SIGKILL)  # the parent died before prctl: its signal will never come
+    return preexec
+
+
+def kill_group(pid):
+    """SIGKILL what is left of the process group a run started (its id is the run's pid)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def launch(ctx, name, cmd, env=None):
     """Run cmd in a session of its own, its console appended to the .log, cut at --timeout or --deadline.
     Returns (exit status or None if killed, why it failed or '', its console text, peak RSS in MiB)."""
@@ -120,14 +150,14 @@ def launch(ctx, name, cmd, env=None):
         log.flush()
         start = log.tell()
         process = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, **(env or {})})
+                                   preexec_fn=die_with_parent(), env={**os.environ, **(env or {})})
         killed, status, usage = False, None, None
         try:
             deadline = time.time() + timeout
             while status is None:  # reaped by wait4 itself: its usage covers the process and all it waited for
-                pid, waited, used = os.wait4(process.pid, os.WNOHANG)
-                if pid:
-                    status, usage = waited, used
+                if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):  # exited, not reaped
+                    kill_group(process.pid)  # on a normal exit too: nothing it left behind keeps the GPU (its
+                    _, status, usage = os.wait4(process.pid, 0)  # pid, the group's id, is not free to reuse yet)
                 elif time.time() > deadline:
                     killed = True
                     kill_tree(process.pid)
@@ -135,7 +165,7 @@ def launch(ctx, name, cmd, env=None):
                 else:
                     time.sleep(0.2)
         finally:
-            if status is None:  # interrupted (Ctrl-C, SIGTERM): no worker is left holding the GPU
+            if status is None:  # interrupted (Ctrl-C, SIGTERM, SIGHUP): no worker is left holding the GPU
                 kill_tree(process.pid)
                 os.wait4(process.pid, 0)
         process.returncode = code = os.waitstatus_to_exitcode(status)
@@ -478,10 +508,64 @@ def step_fsdp_big(ctx):
             'peak_device_mib': max(e['memory_peak_mb'] or 0 for e in logs[-1]['training_iterations'])}
 
 
+FLEX_TOLERANCE = {'cuda': 1e-2, 'cpu': 1e-4}  # relative: bf16 autocast on CUDA, fp32 on the CPU
+
+
+def flex_check(sizes, x, documents, device):
+    """attention_mask='document' through FlexAttention against SDPA with the boolean mask: the same weights, the same
+    batch and document ids. On CUDA forward and backward under bf16 autocast, as training runs; on the CPU forward
+    only, fp32, under no_grad (FlexAttention has no CPU backward), with FlexAttention forced on. The loss's absolute
+    difference, the relative differences (norm of the difference over SDPA's norm) of the logits and, on CUDA, the
+    largest over the parameters' gradients; within_tolerance: each relative one (the loss's too) within
+    FLEX_TOLERANCE."""
+    import document_attention
+    from model import GPT, GPTConfig
+    config = GPTConfig.from_preset('gpt2', attention_mask='document', **sizes)
+    torch.manual_seed(1)
+    with torch.device(device):
+        model = GPT(config)
+    cuda = device == 'cuda'
+    got, previous = {}, document_attention.FLEX
+    try:
+        for path, flag in (('sdpa', False), ('flex', None if cuda else True)):  # None: flex, CUDA's default
+            document_attention.FLEX = flag
+            if document_attention.uses_flex(config, device, training=model.training) != (path == 'flex'):
+                raise RuntimeError(f"attention_mask='document' does not take the {path} path with FLEX={flag}")
+            model.zero_grad(set_to_none=True)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda), torch.set_grad_enabled(cuda):
+                logits, loss = model(x, x, document_ids=documents)
+                if cuda:
+                    loss.backward()
+            got[path] = (loss.item(), logits.detach().float(),
+                         [p.grad.float() for p in model.parameters() if p.grad is not None])
+            del logits, loss
+    finally:
+        document_attention.FLEX = previous
+
+    def relative(a, b):
+        return (a - b).norm().item() / max(b.norm().item(), 1e-30)
+
+    def worst(values):  # max() would pass over a NaN that is not first
+        return next((v for v in values if v != v), max(values))
+    (sdpa_loss, sdpa_logits, sdpa_grads), (flex_loss, flex_logits, flex_grads) = got['sdpa'], got['flex']
+    tolerance = FLEX_TOLERANCE['cuda' if cuda else 'cpu']
+    out = {'forward_only': not cuda, 'dtype': 'bfloat16 autocast' if cuda else 'float32', 'loss': sdpa_loss,
+           'max_loss_difference': abs(flex_loss - sdpa_loss),
+           'logits_relative_difference': relative(flex_logits, sdpa_logits),
+           'max_gradient_relative_difference': worst(list(map(relative, flex_grads, sdpa_grads))) if cuda else None,
+           'tolerance': tolerance}
+    relatives = [out['max_loss_difference'] / max(abs(sdpa_loss), 1e-30), out['logits_relative_difference'],
+                 *([out['max_gradient_relative_difference']] if cuda else [])]
+    out['within_tolerance'] = all(r <= tolerance for r in relatives)  # a NaN is not within
+    del model
+    return out
+
+
 def flex_times(T, batch, steps, tiny, mean_document=256):
     """Print one line 'flex_times {json}': ms per training step (forward, backward, AdamW; bf16 autocast) of the
     same model with the causal mask and with attention_mask='document' (documents of 1 to 2 * mean_document
-    tokens). Run by step_flex as a process of its own, so its timeout holds."""
+    tokens), and first flex_check's comparison of FlexAttention with SDPA's boolean mask on the same batch. Run by
+    step_flex as a process of its own, so its timeout holds."""
     import document_attention
     from model import GPT, GPTConfig
     device = perf.default_device()
@@ -493,7 +577,8 @@ def flex_times(T, batch, steps, tiny, mean_document=256):
     lengths = torch.randint(1, 2 * mean_document + 1, (batch, T))
     documents = torch.stack([torch.repeat_interleave(torch.arange(T), row)[:T] for row in lengths]).to(device)
     sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-    out = {'T': T, 'batch': batch, 'mean_document': mean_document, 'device': device}
+    out = {'T': T, 'batch': batch, 'mean_document': mean_document, 'device': device,
+           'check': flex_check(sizes, x, documents, device)}
     for mask in ('causal', 'document'):
         config = GPTConfig.from_preset('gpt2', attention_mask=mask, **sizes)
         with torch.device(device):
@@ -526,14 +611,35 @@ def step_flex(ctx):
     except (ImportError, AttributeError):
         return {'status': 'skipped', 'reason': "this checkout has no FlexAttention path for attention_mask='document'"}
     rows = []
-    for T, batch in (((64, 2), (128, 1)) if ctx['tiny'] else ((1024, 8), (2048, 4))):
+    # one sequence length: with T=2048 too the step did not fit the documented --deadline 420 (a process each, each
+    # compiling FlexAttention); tiny: documents short enough that every row has several, across 128-token blocks
+    for T, batch, mean_document in ((256, 2, 32),) if ctx['tiny'] else ((1024, 8, 256),):
         code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); import gpu; "
-                f"gpu.flex_times({T}, {batch}, {2 if ctx['tiny'] else 10}, {ctx['tiny']})")
+                f"gpu.flex_times({T}, {batch}, {2 if ctx['tiny'] else 10}, {ctx['tiny']}, {mean_document})")
         status, why, text, _ = launch(ctx, f'flex_{T}', [sys.executable, '-c', code])
         line = next((line for line in text.splitlines() if line.startswith('flex_times ')), None)
         rows.append(json.loads(line.removeprefix('flex_times ')) if status == 0 and line else
                     {'T': T, 'batch': batch, 'error': why or 'no result printed'})
-    return rows_result(rows)
+    return flex_result(rows)
+
+
+def flex_result(rows):
+    """The step's result: failed where a run failed or FlexAttention's outputs are not SDPA's within tolerance."""
+    result = rows_result(rows)
+    reasons = [result['reason']] if 'reason' in result else []
+    for r in rows:
+        c = r.get('check')
+        if 'error' in r or (c and c['within_tolerance']):
+            continue
+        reasons.append(f"T={r['T']}: not checked" if not c else
+                       f"T={r['T']}: FlexAttention differs from SDPA's boolean mask: loss by "
+                       f"{c['max_loss_difference']:.1e}, logits {c['logits_relative_difference']:.1e}"
+                       + (f", gradients {c['max_gradient_relative_difference']:.1e}"
+                          if c['max_gradient_relative_difference'] is not None else '')
+                       + f" (relative; tolerance {c['tolerance']:g})")
+    if reasons:
+        result.update(status='failed', reason='; '.join(reasons))
+    return result
 
 
 def step_shakespeare(ctx):
@@ -577,10 +683,10 @@ STEPS = {
     'gpt2_compiled': (step_gpt2_compiled, 80, 60),  # tiny: inductor's first compile on 2 cores, ~55 s
     'moe_compiled': (step_moe_compiled, 100, 60),
     'fsdp': (step_fsdp, 50, 15),
+    'flex': (step_flex, 30, 6),
     'fsdp_1.36b': (step_fsdp_big, 60, 10),
     'gpt2_eager': (step_gpt2_eager, 30, 6),
     'llama': (step_llama, 100, 70),
-    'flex': (step_flex, 60, 10),
     'shakespeare': (step_shakespeare, 130, 8),
 }
 
@@ -629,9 +735,7 @@ def figure_lines(name, s):
     if name == 'flash':
         return [f"| flash | flash_attention='require' accepted; SDPA kernel {s['attention_kernel']} | flash |"]
     if 'rows' in s and name == 'flex':
-        return [f"| flex, T={r['T']} | " + (f"error: {r['error']}" if 'error' in r else
-                f"batch {r['batch']}: document mask ({r['document_kernel']}) {r['document_ms']} ms/step, causal "
-                f"{r['causal_ms']} ms/step: {r['document_over_causal']}x") + " | <= 1x |" for r in s['rows']]
+        return [line for r in s['rows'] for line in flex_lines(r)]
     if 'rows' in s:
         target = (f">= {TARGETS['gpt2_mfu']:.0%} MFU ({ANCHORS})" if name == 'gpt2_compiled' else
                   f">= {TARGETS['moe_mfu']:.0%} MFU of active FLOPs" if name == 'moe_compiled' else '')
@@ -647,6 +751,21 @@ def figure_lines(name, s):
     got = (f"val loss {s['target_val_loss']} at {s['seconds_to_target']:.1f} s (iteration {s['iterations_to_target']})"
            if s['reached'] else f"not reached; best val loss {s['best_val_loss']}")
     return [f"| shakespeare | {got} | <= {TARGETS['shakespeare_val_loss']} in < {TARGETS['shakespeare_s']:.0f} s |"]
+
+
+def flex_lines(r):
+    if 'error' in r:
+        return [f"| flex, T={r['T']} | error: {r['error']} | |"]
+    c = r['check']
+    gradients = ('gradients not compared (forward only: FlexAttention has no CPU backward)'
+                 if c['max_gradient_relative_difference'] is None else
+                 f"gradients up to {c['max_gradient_relative_difference']:.1e} (relative)")
+    return [f"| flex, T={r['T']} | batch {r['batch']}: document mask ({r['document_kernel']}) {r['document_ms']} "
+            f"ms/step, causal {r['causal_ms']} ms/step: {r['document_over_causal']}x | <= 1x |",
+            f"| flex = SDPA, T={r['T']} | FlexAttention against SDPA's boolean mask, {c['dtype']}: loss "
+            f"{c['loss']:.4f} differs by {c['max_loss_difference']:.1e}, logits by "
+            f"{c['logits_relative_difference']:.1e} (relative), {gradients}"
+            f"{'' if c['within_tolerance'] else ': BEYOND TOLERANCE'} | <= {c['tolerance']:g} relative |"]
 
 
 def report(record):
@@ -672,7 +791,12 @@ def write_results(base, record):
 
 
 def interrupted(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the running step's processes are killed and the files written
+    raise KeyboardInterrupt  # SIGTERM or SIGHUP as Ctrl-C: the running step's processes are killed and the files written
+
+
+def catch_signals():
+    """SIGTERM and SIGHUP (a closed terminal or session) handled as Ctrl-C is: {signal: the handler before}."""
+    return {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, getattr(signal, 'SIGHUP', None)) if sig}
 
 
 def main(argv):
@@ -681,7 +805,7 @@ def main(argv):
     parser.add_argument('--steps', default=','.join(STEPS), help=f"comma-separated, from {', '.join(STEPS)}")
     parser.add_argument('--results_dir', default=os.path.join(ROOT, 'bench', 'results'))
     parser.add_argument('--deadline', type=float, default=0,
-                        help='seconds from the start: a step whose estimate no longer fits is skipped, runs are cut '
+                        help='seconds from the start of this process: a step whose estimate no longer fits is skipped, runs are cut '
                              'at it (0: none)')
     parser.add_argument('--timeout', type=float, default=120, help='seconds per training run')
     parser.add_argument('--iters', type=int, default=0, help='iterations per throughput run (default 30; tiny 6)')
@@ -719,8 +843,8 @@ def main(argv):
               'timeout_s': args.timeout, 'steps': {}, 'pending': steps, 'total_s': 0.0, 'finished': False}
     device_word = re.sub(r'[^A-Za-z0-9._-]+', '_', name)  # a plain file name on any file system
     base = os.path.join(args.results_dir, f"gpu_{time.strftime('%Y%m%d_%H%M%S')}_{device_word}")
-    start = time.time()
-    previous = signal.signal(signal.SIGTERM, interrupted)
+    start = STARTED  # --deadline: seconds from the start of this process
+    previous = catch_signals()
     try:
         with tempfile.TemporaryDirectory() as work:
             vocab = TINY_VOCAB if tiny else VOCAB
@@ -760,7 +884,8 @@ def main(argv):
     except KeyboardInterrupt:
         print("interrupted: the results so far are written", file=sys.stderr)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         record['total_s'] = round(time.time() - start, 1)
         write_results(base, record)
     print('\n' + report(record))

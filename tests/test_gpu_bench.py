@@ -163,3 +163,111 @@ def test_rope_tables_are_built_on_the_cpu_whatever_the_default_device():
     with torch.device('meta'):
         model.init_weights()
     assert torch.equal(model.rope_cos, direct.rope_cos) and torch.equal(model.rope_sin, direct.rope_sin)
+
+
+@pytest.mark.filterwarnings('ignore:flex_attention called without torch.compile')
+def test_the_flex_step_checks_flexattention_against_sdpa(monkeypatch):
+    # the same weights and batch with document ids through SDPA's boolean mask and through FlexAttention (forced
+    # on: the CPU's default is SDPA; forward only, fp32): equal within 1e-4; a wrong block mask fails the step
+    import torch
+    import document_attention
+    sizes = {**gpu.TINY, 'vocab_size': 512, 'block_size': 256}
+    torch.manual_seed(0)
+    x = torch.randint(0, 512, (2, 256))
+    documents = torch.stack([torch.repeat_interleave(torch.arange(256), torch.randint(1, 65, (256,)))[:256]
+                             for _ in range(2)])  # several documents a row, across the 128-token blocks
+    calls = []
+    flex = document_attention.flex
+    monkeypatch.setattr(document_attention, 'flex', lambda *args: calls.append(1) or flex(*args))
+    check = gpu.flex_check(sizes, x, documents, 'cpu')
+    assert calls and document_attention.FLEX is None  # the flex path ran, and the setting is put back
+    assert check['within_tolerance'] and check['forward_only'] and check['tolerance'] == 1e-4
+    assert check['max_loss_difference'] < 1e-5 and check['logits_relative_difference'] < 1e-5
+    row = {'T': 256, 'batch': 2, 'check': check, 'document_kernel': 'SDPA with a boolean mask', 'document_ms': 2.0,
+           'causal_ms': 1.0, 'document_over_causal': 2.0}
+    assert gpu.flex_result([row])['status'] == 'ok'
+    assert "| flex = SDPA, T=256 | FlexAttention against SDPA's boolean mask, float32" in '\n'.join(
+        gpu.flex_lines(row))
+    block_mask = document_attention.block_mask  # a mask that ignores the documents: causal only
+    monkeypatch.setattr(document_attention, 'block_mask', lambda ids: block_mask(torch.zeros_like(ids)))
+    wrong = gpu.flex_check(sizes, x, documents, 'cpu')
+    assert not wrong['within_tolerance'] and wrong['logits_relative_difference'] > 1e-2
+    result = gpu.flex_result([{**row, 'check': wrong}])
+    assert result['status'] == 'failed' and "T=256: FlexAttention differs from SDPA's boolean mask" in result['reason']
+
+
+def test_the_documented_deadline_reaches_the_flex_step():
+    # `--deadline 420` (bench/README.md) by the script's own estimates: every step up to fsdp_1.36b fits, flex too
+    elapsed, fits = 0, []
+    for name, (_, gpu_s, _) in gpu.STEPS.items():
+        if gpu_s <= 420 - elapsed:
+            elapsed += gpu_s
+            fits.append(name)
+    assert fits == list(gpu.STEPS)[:8] and 'flex' in fits and fits.index('flex') < fits.index('fsdp_1.36b')
+
+
+def test_the_deadline_counts_from_the_start_of_the_process(tmp_path, monkeypatch):
+    # the clock starts before torch's import, not when main() starts: 1000 s gone, 2 s left of --deadline 1002
+    monkeypatch.setattr(gpu, 'STARTED', time.time() - 1000)
+    assert gpu.main(['--tiny', '--steps=flash', '--deadline=1002', f'--results_dir={tmp_path}']) == 0
+    [path] = tmp_path.glob('*.json')
+    flash = json.loads(path.read_text())['steps']['flash']
+    assert flash['status'] == 'skipped' and 'before --deadline 1002' in flash['reason']
+
+
+def launcher(tmp_path, name):
+    """A process running gpu.launch (with gpu.py's signal handling) on a child that starts a grandchild in a session
+    of its own, as torchrun does; both sleep. Returns (the launcher, the child's pid, the grandchild's)."""
+    log = tmp_path / f'{name}.log'
+    child = ("import os, subprocess, sys, time; g = subprocess.Popen([sys.executable, '-c', 'import time; "
+             "time.sleep(60)'], start_new_session=True); print(os.getpid(), g.pid, flush=True); time.sleep(60)")
+    code = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'bench')!r}); import gpu; gpu.catch_signals(); "
+            f"gpu.launch({{'timeout': 60, 'deadline_at': None, 'log': {str(log)!r}}}, 'sleeper', "
+            f"[sys.executable, '-c', {child!r}])")
+    import subprocess
+    return subprocess.Popen([sys.executable, '-c', code]), log
+
+
+def pids_in(log, deadline):
+    while time.time() < deadline:
+        lines = log.read_text().splitlines() if log.exists() else []
+        if len(lines) > 1 and len(lines[-1].split()) == 2:
+            return [int(p) for p in lines[-1].split()]
+        time.sleep(0.05)
+    raise AssertionError(f'no pids in {log}')
+
+
+def test_runs_die_with_gpu_py_even_when_it_is_killed(tmp_path):
+    import signal
+    started = {name: launcher(tmp_path, name) for name in ('killed', 'hung_up')}
+    deadline = time.time() + 30
+    pids = {name: pids_in(log, deadline) for name, (_, log) in started.items()}
+    try:
+        started['killed'][0].kill()  # SIGKILL, which no handler sees: the run gets its parent-death signal
+        started['hung_up'][0].send_signal(signal.SIGHUP)  # as SIGTERM: the run and every process below it killed
+        for process, _ in started.values():
+            process.wait(timeout=10)
+        gone = [pids['killed'][0], *pids['hung_up']]
+        while any(map(alive, gone)) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not any(map(alive, gone)), {p: alive(p) for p in gone}
+    finally:
+        for pid in [p for ps in pids.values() for p in ps]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_what_a_run_leaves_in_its_process_group_is_killed_when_it_exits(tmp_path):
+    # the run exits at once and normally; its own child, in its group, would sleep on
+    child = ("import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', 'import time; "
+             "time.sleep(60)']).pid, flush=True)")
+    status, why, text, _ = gpu.launch({'timeout': 30, 'deadline_at': None, 'log': str(tmp_path / 'runs.log')},
+                                      'leaves', [sys.executable, '-c', child])
+    assert status == 0 and why == ''
+    left = int(text.split()[-1])
+    deadline = time.time() + 5
+    while alive(left) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not alive(left)
