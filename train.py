@@ -43,6 +43,7 @@ eval_interval = 250  # evaluate, and write a checkpoint, every this many iterati
 log_interval = 10
 eval_iters = 50  # batches per split per evaluation; 0 = never evaluate
 eval_only = False  # evaluate the checkpoint picked by init_from/resume_from, then exit
+eval_at_start = True  # evaluate before the first step; False: a time-to-loss run spends nothing on it
 eval_tasks = ''  # downstream tasks scored at evaluations, e.g. 'hellaswag,arc_easy' (downstream.py, eval.py)
 eval_tasks_interval = 0  # score them every this many iterations (0 = at every evaluation)
 eval_tasks_limit = 500  # the first N items of each task (0 = all)
@@ -529,7 +530,8 @@ t_log = train_start = time.time()
 while True:
     if iter_num >= max_iters:
         stop = 'max_iters'
-    if eval_iters and (iter_num % eval_interval == 0 and not (iter_num == start_iter and checkpoint is not None)
+    if eval_iters and (iter_num % eval_interval == 0
+                       and not (iter_num == start_iter and (checkpoint is not None or not eval_at_start))
                        or stop in ('max_iters', 'max_time') and iter_num != start_iter):
         stop = evaluate_and_checkpoint(stop)
     if stop:

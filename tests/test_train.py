@@ -128,6 +128,13 @@ def test_run_log_schema_csv_and_rotation(tmp_path):
     assert ck['iter_num'] == 10 and not any(k.startswith('_orig_mod.') for k in ck['model'])
 
 
+def test_eval_at_start_false_evaluates_only_after_training_steps(data, tmp_path):
+    # a time-to-loss run (the CPU speedrun) spends nothing on an evaluation before its first step
+    train(data, tmp_path / 'o', '--max_iters=5', '--log_interval=5', '--eval_interval=2', '--eval_at_start=False')
+    [log] = run_logs(tmp_path / 'o')
+    assert [e['iter'] for e in log['eval_steps']] == [2, 4, 5]
+
+
 def test_truncated_checkpoint_is_skipped_on_resume(data, tmp_path):
     out = tmp_path / 'o'
     train(data, out, '--max_iters=6', '--eval_interval=3')
