@@ -31,7 +31,7 @@ TIMING = {'time_ms', 'tokens_per_sec', 'mfu', 'achieved_tflops', 'eta_s', 'time_
           'out_dir', 'data_dir', 'eval_tasks_dir', 'versions', 'python', 'platform', 'hostname', 'git_commit',
           'git_dirty'}
 # config fields added since a record was made: a newer record holding one at this default still compares identical
-ADDED_FIELDS = {'attention_mask': 'causal'}
+ADDED_FIELDS = {'attention_mask': 'causal', 'eval_at_start': True}
 TINY = ['--arch_preset=llama', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4',
         '--device=cpu', '--dtype=float32', '--eval_iters=2', '--log_interval=2', '--grad_stats_interval=4',
         '--peak_tflops=1']
