@@ -71,5 +71,6 @@ def why_flex_fails(config, device, dtype):
         flex(q, k, v, block_mask(ids)).sum().backward()
         return None
     except Exception as e:  # noqa: BLE001 (inductor, Triton and the C compiler raise many kinds)
+        e = getattr(e, 'inner_exception', None) or e  # BackendCompilerFailed's own first line is "... raised:"
         return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
 
