@@ -210,7 +210,7 @@ def attention_for_run(flash_attention, config, device, dtype, document_ids=True)
         raise ValueError(f"flash_attention='require' but FlashAttention cannot run here: {why}")
     context = attention_context(flash_attention)
     kernel = sdpa_backend_in_use(config, device, getattr(torch, dtype), context)
-    if document_ids and document_attention.uses_flex(config, torch.device(device).type, training=False):
+    if document_attention.uses_flex(config, torch.device(device).type, training=False):  # document masks on CUDA
         why = document_attention.why_flex_fails(config, device, getattr(torch, dtype))
         if why:  # found now, not at the first forward: FlexAttention compiles through Triton (a C compiler, Python.h)
             raise ValueError(f"attention_mask='document' runs FlexAttention on {device}, which failed here: {why}; "

@@ -155,8 +155,9 @@ def main(argv):
     record = {'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'machine': platform.processor() or platform.machine(),
               'cpus': os.cpu_count(), 'torch': info['versions']['torch'], 'commit': info['git_commit'],
               'dirty': info['git_dirty'], 'nanogpt_commit': nanogpt_commit.stdout.strip() or None,
-              'config': options['config'], 'overrides': overrides, 'resolved_config': config, 'nanogpt_recipe': NANOGPT_RECIPE, 'target': options['target'],
-              'pairs': pairs, 'worst': worst, 'target_reached': reached, 'logs': work}
+              'config': options['config'], 'overrides': overrides, 'resolved_config': config,
+              'nanogpt_recipe': NANOGPT_RECIPE, 'target': options['target'], 'pairs': pairs, 'worst': worst,
+              'target_reached': reached, 'logs': work}
     os.makedirs(options['results_dir'], exist_ok=True)
     path = os.path.join(options['results_dir'], f"speedrun_{time.strftime('%Y%m%d_%H%M%S')}.json")
     files.write_json(path, record)
